@@ -1,0 +1,317 @@
+"""Structured configuration (Hydra ConfigStore dataclasses) and its validation.
+
+Every key is a typed dataclass field documented in place: what it does and its valid range.
+Unknown keys and wrongly typed values are rejected by Hydra/OmegaConf while composing;
+:func:`validate` checks ranges and combinations before any compute and raises a
+:class:`ConfigError` naming the key, the value and the rule.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+
+class ConfigError(ValueError):
+    """An invalid configuration: the message names the key, the value and the rule."""
+
+
+@dataclass
+class NetConfig:
+    """The ensemble actor-critic network (one network shared by all policies)."""
+
+    actor_hidden: List[int] = field(default_factory=lambda: [256, 128, 64])
+    """Hidden layer widths of the actor MLP (each >= 1)."""
+    critic_hidden: List[int] = field(default_factory=lambda: [256, 128, 64])
+    """Hidden layer widths of the critic MLP; ignored when ``separate_critic`` is false."""
+    separate_critic: bool = True
+    """False shares the actor trunk with a linear value head (the paper's rl_games setting)."""
+    activation: str = "elu"
+    """Hidden activation: elu | relu | tanh | silu."""
+    init_log_std: float = 0.0
+    """Initial log standard deviation of every policy's Gaussian (state-independent)."""
+    normalize_obs: bool = True
+    """Running mean/std observation normaliser, updated once per rollout."""
+    normalize_value: bool = True
+    """Running mean/std value normaliser: the critic learns standardised returns."""
+    obs_clip: float = 5.0
+    """Normalised observations are clipped to [-obs_clip, obs_clip] (> 0)."""
+
+
+@dataclass
+class AlgoConfig:
+    """The leader-follower learner. PPO is ``num_policies=1``; SAPG and CPO set the ensemble
+    knobs (ALGORITHMS.md sections 4-6)."""
+
+    name: str = "ppo"
+    """Label of the preset (ppo, sapg, cpo, ...): informational, used in logs and reports."""
+    num_policies: int = 1
+    """M, policies in the ensemble: block 0 is the leader, 1..M-1 followers (>= 1)."""
+    latent_dim: int = 32
+    """Size of each policy's learned latent phi_m fed to the shared network (>= 0)."""
+    horizon: int = 32
+    """T, env steps per env per iteration (>= 1)."""
+    num_epochs: int = 5
+    """Passes (mini-epochs) over each iteration's batch (>= 1)."""
+    num_minibatches: int = 4
+    """Minibatches per epoch of the on-policy batch N*T; must divide N*T. Off-policy and
+    coupling rows ride along with the same minibatch size."""
+    gamma: float = 0.99
+    """Discount factor in [0, 1]."""
+    gae_lambda: float = 0.95
+    """GAE lambda in [0, 1]."""
+    clip_eps: float = 0.2
+    """PPO ratio clip epsilon (> 0)."""
+    clip_value: bool = True
+    """Clip the value update to +-clip_eps around the old value (in normalised units)."""
+    value_coef: float = 2.0
+    """Critic coefficient c: the loss adds 0.5 * c * value MSE (rl_games' critic_coef)."""
+    entropy_coef: float = 0.0
+    """Entropy bonus of the leader (the only policy under PPO) (>= 0)."""
+    entropy_scale: float = 0.0
+    """s_ent: follower m gets entropy coefficient s_ent * 0.5 * (M - m) / (M - 1) (>= 0)."""
+    bounds_coef: float = 1e-4
+    """Weight of the penalty on action means outside [-1.1, 1.1] (>= 0)."""
+    max_grad_norm: float = 1.0
+    """Global gradient-norm clip (> 0)."""
+    lr: float = 3e-4
+    """Initial Adam learning rate (> 0)."""
+    lr_schedule: str = "adaptive"
+    """adaptive (from the KL of the update) | fixed | linear (to 0 at max_iterations)."""
+    kl_threshold: float = 0.016
+    """Adaptive LR: lr /= 1.5 when KL > 2*threshold, lr *= 1.5 when KL < threshold/2 (> 0)."""
+    lr_min: float = 1e-6
+    """Lower clamp of the adaptive learning rate (> 0)."""
+    lr_max: float = 1e-2
+    """Upper clamp of the adaptive learning rate (>= lr_min)."""
+    normalize_advantage: bool = True
+    """Standardise all advantages of the iteration together (one mean/std)."""
+    reward_scale: float = 1.0
+    """Env rewards are multiplied by this before GAE (paper: 0.01 on hand tasks) (> 0)."""
+    offpolicy_blocks: str = "1"
+    """Follower blocks relabelled as leader data per iteration: an integer k in 1..M-1
+    (drawn uniformly without replacement) or "all"."""
+    beta: float = 0.0
+    """CPO coupling weight beta (>= 0); 0 disables the coupling term (SAPG)."""
+    lambda_f: float = 0.2
+    """CPO temperature lambda_f (> 0): weights min(exp(A/lambda_f), weight_max)."""
+    weight_max: float = 100.0
+    """Clamp w_max of the coupling weights (> 0)."""
+    lambda_ppo: float = 0.0
+    """Reverse-KL shaping of the follower PPO advantage, A - lambda_ppo*(log pi_f - log pi_L)."""
+    lambda_adv: float = 0.0
+    """Weight of the DIAYN-style discriminator reward for followers (>= 0); 0 disables it."""
+    disc_hidden: List[int] = field(default_factory=lambda: [256, 256])
+    """Hidden widths of the discriminator MLP q(z | s, a)."""
+    disc_lr: float = 3e-4
+    """Adam learning rate of the discriminator (> 0)."""
+    disc_steps: int = 4
+    """Discriminator gradient steps per iteration (>= 1)."""
+    disc_batch: int = 4096
+    """Rows per discriminator gradient step, drawn from the rollout (>= 1)."""
+    lambda_f_schedule: str = "constant"
+    """Schedule of lambda_f over training: constant | linear | cosine (to lambda_f_final)."""
+    lambda_f_final: float = 0.2
+    """lambda_f at the last iteration for linear/cosine schedules (> 0)."""
+    lambda_f_tiers: Optional[List[float]] = None
+    """Optional per-follower lambda_f (length M-1), overriding lambda_f and its schedule."""
+    beta_adapt: bool = False
+    """Adapt beta by dual ascent so that KL(pi_f || pi_L) tracks kl_target."""
+    kl_target: float = 0.3
+    """Target of the measured follower-to-leader KL (nats) when beta_adapt is on (> 0)."""
+    beta_lr: float = 1.0
+    """Dual-ascent step: log beta += beta_lr * (KL / kl_target - 1), per iteration (> 0)."""
+    coupling_fraction: float = 1.0
+    """Fraction of the leader's transitions each follower couples to, in (0, 1]."""
+    mixed_precision: str = "none"
+    """Autocast for the update forward: none | bf16 | fp16 (fp16 only on CUDA)."""
+
+
+@dataclass
+class EnvConfig:
+    """Which environment and how many copies."""
+
+    name: str = "cartpole"
+    """Registered task name (see envs/registry.py)."""
+    num_envs: int = 1024
+    """N, parallel environments; divisible by algo.num_policies (>= 1)."""
+    max_episode_steps: Optional[int] = None
+    """Time limit in env steps; None keeps the task's default."""
+    params: Dict[str, Any] = field(default_factory=dict)
+    """Task-specific parameters, validated against the task's own schema."""
+
+
+@dataclass
+class LogConfig:
+    """Logging, diagnostics and checkpoints."""
+
+    tensorboard: bool = True
+    """Write TensorBoard event files into the run directory."""
+    progress: bool = True
+    """Show a console progress bar with SPS and ETA."""
+    heatmap_every: int = 10
+    """Log the KL-matrix heatmap image every this many iterations (>= 1)."""
+    diag_samples: int = 2048
+    """Rows per follower (and states for the KL matrix) used for diagnostics (>= 1)."""
+    ckpt_every: int = 50
+    """Save a checkpoint every this many iterations (>= 1); one is always saved at the end."""
+    keep_last: int = 3
+    """Periodic checkpoints kept besides best.pt (>= 1)."""
+
+
+@dataclass
+class TrainConfig:
+    """Top-level training job."""
+
+    seed: int = 0
+    """Seed of every generator (envs, sampling, minibatches, initialisation)."""
+    device: str = "auto"
+    """auto (cuda if available, else cpu) | cpu | cuda | cuda:<i>."""
+    max_iterations: int = 100
+    """Iterations (collect + update) to run in total, counting resumed ones (>= 1)."""
+    torch_threads: Optional[int] = None
+    """CPU threads for torch; None keeps torch's default."""
+    resume: Optional[str] = None
+    """Run directory to resume from (continues its step count, LR and TensorBoard run)."""
+    run_dir: Optional[str] = None
+    """Where to write; None uses Hydra's output directory (or the cwd without Hydra)."""
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    net: NetConfig = field(default_factory=NetConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+#: keys a resumed run may change from the command line (everything else must match)
+RESUMABLE_KEYS = ("max_iterations", "device", "torch_threads", "resume", "run_dir", "log.")
+
+
+def register_configs() -> None:
+    """Register the schemas in Hydra's ConfigStore (``base_config`` is the root)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=TrainConfig)
+
+
+def _fail(key: str, value: Any, rule: str) -> None:
+    raise ConfigError(f"{key}={value!r}: {rule}")
+
+
+def _check(cond: bool, key: str, value: Any, rule: str) -> None:
+    if not cond:
+        _fail(key, value, rule)
+
+
+def num_offpolicy_blocks(algo: AlgoConfig) -> int:
+    """How many follower blocks are relabelled for the leader each iteration (0 if M=1)."""
+    if algo.num_policies <= 1:
+        return 0
+    if str(algo.offpolicy_blocks).strip().lower() == "all":
+        return algo.num_policies - 1
+    return int(algo.offpolicy_blocks)
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Check ranges and combinations of a composed config; raise :class:`ConfigError`."""
+    a, e, n, g = cfg.algo, cfg.env, cfg.net, cfg.log
+    _check(cfg.max_iterations >= 1, "max_iterations", cfg.max_iterations, "must be >= 1")
+    _check(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
+           "device", cfg.device, "must be auto, cpu, cuda or cuda:<index>")
+    _check(cfg.torch_threads is None or cfg.torch_threads >= 1, "torch_threads",
+           cfg.torch_threads, "must be >= 1 or null")
+    # ---- ensemble layout
+    M = a.num_policies
+    _check(M >= 1, "algo.num_policies", M, "must be >= 1")
+    _check(a.latent_dim >= 0, "algo.latent_dim", a.latent_dim, "must be >= 0")
+    _check(e.num_envs >= 1, "env.num_envs", e.num_envs, "must be >= 1")
+    if e.num_envs % M != 0:
+        raise ConfigError(f"env.num_envs={e.num_envs} is not divisible by algo.num_policies={M}: "
+                          "every policy needs a block of equal size")
+    _check(a.horizon >= 1, "algo.horizon", a.horizon, "must be >= 1")
+    _check(a.num_epochs >= 1, "algo.num_epochs", a.num_epochs, "must be >= 1")
+    _check(a.num_minibatches >= 1, "algo.num_minibatches", a.num_minibatches, "must be >= 1")
+    batch = e.num_envs * a.horizon
+    if batch % a.num_minibatches != 0:
+        raise ConfigError(f"algo.num_minibatches={a.num_minibatches} does not divide the batch "
+                          f"env.num_envs*algo.horizon={batch}")
+    off = str(a.offpolicy_blocks).strip().lower()
+    if off != "all":
+        _check(off.isdigit(), "algo.offpolicy_blocks", a.offpolicy_blocks,
+               "must be an integer k in 1..num_policies-1 or 'all'")
+        if M > 1:
+            _check(1 <= int(off) <= M - 1, "algo.offpolicy_blocks", a.offpolicy_blocks,
+                   f"must be in 1..num_policies-1={M - 1} or 'all'")
+    # ---- scalar ranges
+    for key, val in (("gamma", a.gamma), ("gae_lambda", a.gae_lambda)):
+        _check(0.0 <= val <= 1.0, f"algo.{key}", val, "must be in [0, 1]")
+    positive = ("clip_eps", "max_grad_norm", "lr", "kl_threshold", "lr_min", "lr_max",
+                "reward_scale", "lambda_f", "weight_max", "disc_lr", "lambda_f_final",
+                "kl_target", "beta_lr")
+    for key in positive:
+        val = getattr(a, key)
+        _check(math.isfinite(val) and val > 0, f"algo.{key}", val, "must be a finite number > 0")
+    nonneg = ("value_coef", "entropy_coef", "entropy_scale", "bounds_coef", "beta", "lambda_ppo",
+              "lambda_adv")
+    for key in nonneg:
+        val = getattr(a, key)
+        _check(math.isfinite(val) and val >= 0, f"algo.{key}", val, "must be a finite number >= 0")
+    _check(a.lr_max >= a.lr_min, "algo.lr_max", a.lr_max, f"must be >= algo.lr_min={a.lr_min}")
+    _check(a.lr_schedule in ("adaptive", "fixed", "linear"), "algo.lr_schedule", a.lr_schedule,
+           "must be adaptive, fixed or linear")
+    _check(a.lambda_f_schedule in ("constant", "linear", "cosine"), "algo.lambda_f_schedule",
+           a.lambda_f_schedule, "must be constant, linear or cosine")
+    _check(0.0 < a.coupling_fraction <= 1.0, "algo.coupling_fraction", a.coupling_fraction,
+           "must be in (0, 1]")
+    _check(a.mixed_precision in ("none", "bf16", "fp16"), "algo.mixed_precision",
+           a.mixed_precision, "must be none, bf16 or fp16")
+    _check(a.disc_steps >= 1, "algo.disc_steps", a.disc_steps, "must be >= 1")
+    _check(a.disc_batch >= 1, "algo.disc_batch", a.disc_batch, "must be >= 1")
+    _check(all(h >= 1 for h in a.disc_hidden), "algo.disc_hidden", a.disc_hidden,
+           "widths must be >= 1")
+    if a.lambda_f_tiers is not None:
+        tiers = list(a.lambda_f_tiers)
+        _check(len(tiers) == M - 1, "algo.lambda_f_tiers", tiers,
+               f"needs one value per follower (num_policies-1={M - 1})")
+        _check(all(t > 0 for t in tiers), "algo.lambda_f_tiers", tiers, "values must be > 0")
+    if a.lambda_adv > 0:
+        _check(M >= 2, "algo.lambda_adv", a.lambda_adv, "needs algo.num_policies >= 2")
+    # ---- network
+    for key in ("actor_hidden", "critic_hidden"):
+        widths = list(getattr(n, key))
+        _check(len(widths) >= 1 and all(w >= 1 for w in widths), f"net.{key}", widths,
+               "needs at least one layer, widths >= 1")
+    _check(n.activation in ("elu", "relu", "tanh", "silu"), "net.activation", n.activation,
+           "must be elu, relu, tanh or silu")
+    _check(n.obs_clip > 0, "net.obs_clip", n.obs_clip, "must be > 0")
+    # ---- logging
+    for key in ("heatmap_every", "diag_samples", "ckpt_every", "keep_last"):
+        val = getattr(g, key)
+        _check(val >= 1, f"log.{key}", val, "must be >= 1")
+    # ---- env: name and parameters are checked against the task registry
+    from envs import registry
+
+    try:
+        registry.check_params(e.name, e.params)
+    except registry.EnvConfigError as err:
+        raise ConfigError(str(err)) from None
+    if e.max_episode_steps is not None:
+        _check(e.max_episode_steps >= 1, "env.max_episode_steps", e.max_episode_steps,
+               "must be >= 1 or null")
+
+
+def to_dict(cfg: TrainConfig) -> Dict[str, Any]:
+    """The config as a plain nested dict (for checkpoints and hparams)."""
+    return dataclasses.asdict(cfg)
+
+
+def flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    out: Dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

@@ -1,0 +1,359 @@
+"""One learner for PPO, SAPG and CPO: builds the iteration's batch and runs the update.
+
+The batch has three kinds of rows, all evaluated in one batched forward per minibatch
+(ALGORITHMS.md sections 3-6):
+
+* on-policy rows: every block's own transitions with its own latent, GAE targets;
+* off-policy rows: follower blocks relabelled with the leader's latent (SAPG/CPO), one-step
+  TD targets from the leader's current critic, importance ratio against the stored
+  behaviour log-prob;
+* coupling rows: the leader's transitions relabelled with each follower's latent (CPO),
+  weighted behaviour cloning with w = min(exp(A_f / lambda_f), w_max).
+
+Rows are referenced by index into the rollout (``src``) and carry a policy id (``pol``), so
+no observation is copied to build the batch.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+import torch
+
+from cpo import losses
+from cpo.config import AlgoConfig, num_offpolicy_blocks
+from cpo.diagnostics import kl_matrix, mean_abs_deviation, relative_ess
+from cpo.discriminator import Discriminator
+from cpo.nets import EnsembleActorCritic, gaussian_entropy, gaussian_log_prob
+from cpo.rollout import Rollout, bootstrap_values, gae, td_targets
+
+
+@dataclass
+class Batch:
+    """Row-wise training data of one iteration (length R; see the module docstring)."""
+
+    src: torch.Tensor  # [R] flat rollout index t * N + n
+    pol: torch.Tensor  # [R] policy whose latent the row is evaluated with
+    is_ppo: torch.Tensor  # [R] float 1 for on- and off-policy PPO rows
+    is_onpolicy: torch.Tensor  # [R] float 1 for on-policy rows (KL for the adaptive LR)
+    is_coupling: torch.Tensor  # [R] float 1 for coupling rows
+    adv: torch.Tensor  # [R] standardised advantage (PPO rows)
+    ret: torch.Tensor  # [R] value target in reward units (PPO rows)
+    v_old: torch.Tensor  # [R] value before the update in reward units (PPO rows)
+    logp_old: torch.Tensor  # [R] behaviour log-prob of the stored action
+    weight: torch.Tensor  # [R] beta * w for coupling rows, 0 elsewhere
+    ent_coef: torch.Tensor  # [R] entropy coefficient of the row's policy (PPO rows)
+    num_minibatches: int  # minibatches per epoch for this batch
+
+
+def entropy_coefficients(cfg: AlgoConfig) -> torch.Tensor:
+    """Per-policy entropy coefficients [M]: the leader gets ``entropy_coef``; follower m gets
+    s_ent * 0.5 * (M - m) / (M - 1) (SAPG's diversity schedule)."""
+    M = cfg.num_policies
+    coef = torch.zeros(M)
+    coef[0] = cfg.entropy_coef
+    if M > 1:
+        m = torch.arange(1, M, dtype=torch.float32)
+        coef[1:] = cfg.entropy_scale * 0.5 * (M - m) / (M - 1)
+    return coef
+
+
+def lambda_f_at(cfg: AlgoConfig, progress: float) -> torch.Tensor:
+    """Per-follower lambda_f [M - 1] at training ``progress`` in [0, 1]."""
+    M = cfg.num_policies
+    if cfg.lambda_f_tiers is not None:
+        return torch.tensor([float(x) for x in cfg.lambda_f_tiers])
+    p = min(max(progress, 0.0), 1.0)
+    if cfg.lambda_f_schedule == "linear":
+        lam = cfg.lambda_f + (cfg.lambda_f_final - cfg.lambda_f) * p
+    elif cfg.lambda_f_schedule == "cosine":
+        lam = cfg.lambda_f_final + 0.5 * (cfg.lambda_f - cfg.lambda_f_final) * (1 + math.cos(math.pi * p))
+    else:
+        lam = cfg.lambda_f
+    return torch.full((max(M - 1, 0),), float(lam))
+
+
+class Learner:
+    """Owns the optimiser, the adaptive LR, the coupling weight beta and the discriminator."""
+
+    def __init__(self, model: EnsembleActorCritic, cfg: AlgoConfig, num_envs: int,
+                 device: torch.device, max_iterations: int, seed: int = 0) -> None:
+        self.model, self.cfg, self.device = model, cfg, device
+        self.M, self.N = cfg.num_policies, num_envs
+        self.B = num_envs // cfg.num_policies
+        self.max_iterations = max_iterations
+        # the learning rate lives on the device so the adaptive rule needs no host sync
+        self.lr = torch.tensor(cfg.lr, dtype=torch.float32, device=device)
+        fused = device.type == "cuda"
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=self.lr, fused=fused or None)
+        self.gen = torch.Generator(device=device).manual_seed(seed + 7919)
+        self.beta = torch.full((self.M,), float(cfg.beta), device=device)
+        self.beta[0] = 0.0  # the leader has no coupling term
+        self.ent_coef = entropy_coefficients(cfg).to(device)
+        self.pol_env = torch.arange(num_envs, device=device) // self.B  # block of each env
+        self.disc: Optional[Discriminator] = None
+        self.disc_opt: Optional[torch.optim.Optimizer] = None
+        if cfg.lambda_adv > 0 and self.M > 1:
+            self.disc = Discriminator(model.obs_dim, model.act_dim, self.M, cfg.disc_hidden).to(device)
+            self.disc_opt = torch.optim.Adam(self.disc.parameters(), lr=cfg.disc_lr)
+        self.autocast_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.mixed_precision]
+        self.iteration = 0
+        self.warned_no_final_obs = False
+
+    # ---- targets -----------------------------------------------------------------------
+    @torch.no_grad()
+    def build_batch(self, ro: Rollout, has_final_obs: bool = True) -> Batch:
+        """Rewards, targets and the row layout of one iteration (before any gradient step)."""
+        cfg, model, M, B, N = self.cfg, self.model, self.M, self.B, self.N
+        T = ro.horizon
+        dev = self.device
+        r_env = ro.rewards * cfg.reward_scale
+        r_own = r_env
+        if self.disc is not None:
+            # followers get lambda_adv * (log q(z=f|s,a) - log 1/M) on their own rows only
+            obs_n = model.obs_rms.normalize(ro.obs[:-1]).reshape(T * N, -1)
+            label = self.pol_env.repeat(T)
+            bonus = self.disc.bonus(obs_n, ro.actions.reshape(T * N, -1), label).view(T, N)
+            r_own = r_env + cfg.lambda_adv * bonus * (self.pol_env > 0).float()
+        # ---- on-policy rows: GAE with each block's own critic
+        _, v_next = bootstrap_values(model.value, ro.obs, ro.final_obs, ro.truncated, self.pol_env,
+                                     values=ro.values, has_final_obs=has_final_obs)
+        adv_own, ret_own = gae(r_own, ro.values, v_next, ro.terminated, ro.truncated,
+                               cfg.gamma, cfg.gae_lambda)
+        if cfg.lambda_ppo > 0 and M > 1:
+            # reverse-KL shaping: A_f - lambda_ppo * (log pi_f(a|s) - log pi_L(a|s))
+            flat_obs = ro.obs[:-1].reshape(T * N, -1)
+            mu_l = model.mean_action(flat_obs, torch.zeros_like(self.pol_env.repeat(T)))
+            logp_l = gaussian_log_prob(ro.actions.reshape(T * N, -1), mu_l,
+                                       model.log_std[0].expand_as(mu_l)).view(T, N)
+            adv_own = adv_own - cfg.lambda_ppo * (ro.logp - logp_l) * (self.pol_env > 0).float()
+        src_own = torch.arange(T * N, device=dev)
+        parts_adv = [adv_own.reshape(-1)]
+        parts = dict(src=[src_own], pol=[self.pol_env.repeat(T)], ret=[ret_own.reshape(-1)],
+                     v_old=[ro.values.reshape(-1)], kind=[torch.zeros(T * N, dtype=torch.long, device=dev)])
+        # ---- relabelled columns: off-policy (follower blocks -> leader) and coupling (leader -> followers)
+        n_off = num_offpolicy_blocks(cfg)
+        cols, pols, kinds = [], [], []
+        if n_off > 0:
+            blocks = torch.randperm(M - 1, generator=self.gen, device=dev)[:n_off] + 1
+            c = (blocks.unsqueeze(1) * B + torch.arange(B, device=dev)).reshape(-1)
+            cols.append(c)
+            pols.append(torch.zeros_like(c))
+            kinds.append(torch.ones_like(c))
+        lam_row = None
+        if M > 1 and (float(self.beta.max()) > 0 or cfg.beta_adapt):
+            k = max(1, int(round(cfg.coupling_fraction * B)))
+            if k < B:  # each follower couples to its own random subset of the leader's envs
+                scores = torch.rand(M - 1, B, generator=self.gen, device=dev)
+                c = scores.argsort(dim=1)[:, :k]
+            else:
+                c = torch.arange(B, device=dev).expand(M - 1, B)
+            p = torch.arange(1, M, device=dev).unsqueeze(1).expand_as(c)
+            cols.append(c.reshape(-1))
+            pols.append(p.reshape(-1))
+            kinds.append(torch.full_like(c.reshape(-1), 2))
+            lam = lambda_f_at(cfg, self.iteration / max(self.max_iterations - 1, 1)).to(dev)
+            lam_row = lam[p.reshape(-1) - 1]
+        if cols:
+            col, pol, kind = torch.cat(cols), torch.cat(pols), torch.cat(kinds)
+            v, v_next = bootstrap_values(model.value, ro.obs[:, col], ro.final_obs[:, col],
+                                         ro.truncated[:, col], pol, has_final_obs=has_final_obs)
+            # one-step TD with the current critic of the row's latent: y = r + gamma V(s')(1 - term)
+            y = td_targets(r_env[:, col], v_next, ro.terminated[:, col], cfg.gamma)
+            parts_adv.append((y - v).reshape(-1))
+            parts["src"].append((torch.arange(T, device=dev).unsqueeze(1) * N + col).reshape(-1))
+            parts["pol"].append(pol.repeat(T))
+            parts["ret"].append(y.reshape(-1))
+            parts["v_old"].append(v.reshape(-1))
+            parts["kind"].append(kind.repeat(T))
+        adv = torch.cat(parts_adv)
+        cat = {k: torch.cat(v) for k, v in parts.items()}
+        kind = cat["kind"]
+        if cfg.normalize_advantage:
+            # one mean/std over every advantage of the iteration (PPO, off-policy, coupling)
+            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        is_cpl = (kind == 2).float()
+        weight = torch.zeros_like(adv)
+        if lam_row is not None:
+            lam_rows = lam_row.repeat(T)
+            w = losses.coupling_weights(adv[kind == 2], lam_rows, cfg.weight_max)
+            weight[kind == 2] = w * self.beta[cat["pol"][kind == 2]]
+        pol = cat["pol"]
+        ent = self.ent_coef[pol] * (kind == 0).float()
+        # minibatch size is fixed by the on-policy batch; extra rows add minibatches
+        mb_size = T * N // cfg.num_minibatches
+        num_mb = max(1, int(round(adv.numel() / mb_size)))
+        return Batch(src=cat["src"], pol=pol, is_ppo=(kind < 2).float(),
+                     is_onpolicy=(kind == 0).float(), is_coupling=is_cpl, adv=adv, ret=cat["ret"],
+                     v_old=cat["v_old"], logp_old=ro.logp.reshape(-1)[cat["src"]], weight=weight,
+                     ent_coef=ent, num_minibatches=num_mb)
+
+    # ---- the update ---------------------------------------------------------------------
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def update(self, ro: Rollout, batch: Batch) -> Dict[str, torch.Tensor]:
+        """``num_epochs`` passes of shuffled minibatches; returns statistics averaged over all
+        minibatches (device tensors: the caller syncs once)."""
+        cfg, model = self.cfg, self.model
+        T, N = ro.horizon, ro.num_envs
+        obs = ro.obs[:-1].reshape(T * N, -1)
+        act = ro.actions.reshape(T * N, -1)
+        mu_old = ro.mu.reshape(T * N, -1)
+        R = batch.src.numel()
+        # value targets live in normalised units: update the statistics once, before the epochs
+        if model.normalize_value:
+            model.value_rms.update(batch.ret[batch.is_ppo > 0])
+        ret_n = model.norm_value(batch.ret)
+        v_old_n = model.norm_value(batch.v_old)
+        stats = {k: torch.zeros((), device=self.device) for k in
+                 ("policy", "value", "entropy", "coupling", "bounds", "approx_kl", "clipfrac", "grad_norm")}
+        steps = 0
+        for _ in range(cfg.num_epochs):
+            perm = torch.randperm(R, generator=self.gen, device=self.device)
+            for idx in perm.tensor_split(batch.num_minibatches):
+                src, pol = batch.src[idx], batch.pol[idx]
+                with self._autocast():
+                    mu, log_std, v = model(obs[src], pol)
+                mu, v = mu.float(), v.float()
+                a = act[src]
+                logp = gaussian_log_prob(a, mu, log_std)
+                n = float(idx.numel())
+                ppo, onp = batch.is_ppo[idx], batch.is_onpolicy[idx]
+                n_ppo = ppo.sum().clamp(min=1.0)
+                # clipped surrogate on PPO rows, summed and divided by the minibatch size so that
+                # PPO and coupling rows keep the paper's proportions (ALGORITHMS.md section 5)
+                surr, ratio = losses.ppo_surrogate(logp, batch.logp_old[idx], batch.adv[idx], cfg.clip_eps)
+                policy_loss = (surr * ppo).sum() / n
+                # beta * w * (-log pi_f(a_L|s_L)) on coupling rows (weight already holds beta * w)
+                coupling = losses.coupling_loss(logp, batch.weight[idx]).sum() / n
+                vl = losses.value_loss(v, v_old_n[idx], ret_n[idx], cfg.clip_eps, cfg.clip_value)
+                value_loss = (vl * ppo).sum() / n_ppo
+                ent = gaussian_entropy(log_std)
+                entropy = (batch.ent_coef[idx] * ent * ppo).sum() / n_ppo
+                bounds = (losses.bounds_loss(mu) * ppo).sum() / n_ppo
+                loss = (policy_loss + coupling + 0.5 * cfg.value_coef * value_loss - entropy
+                        + cfg.bounds_coef * bounds)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                with torch.no_grad():
+                    # KL(old || new) on on-policy rows drives the adaptive learning rate
+                    kl = losses.gaussian_kl(mu_old[src], ro.log_std[pol], mu.detach(), log_std.detach())
+                    kl = (kl * onp).sum() / onp.sum().clamp(min=1.0)
+                    if cfg.lr_schedule == "adaptive":
+                        new_lr = torch.where(kl > 2.0 * cfg.kl_threshold, self.lr / 1.5,
+                                             torch.where(kl < 0.5 * cfg.kl_threshold, self.lr * 1.5, self.lr))
+                        self.lr.copy_(new_lr.clamp(cfg.lr_min, cfg.lr_max))
+                    clipfrac = (((ratio - 1.0).abs() > cfg.clip_eps).float() * ppo).sum() / n_ppo
+                    for key, val in (("policy", policy_loss), ("value", value_loss),
+                                     ("entropy", (ent * onp).sum() / onp.sum().clamp(min=1.0)),
+                                     ("coupling", coupling), ("bounds", bounds), ("approx_kl", kl),
+                                     ("clipfrac", clipfrac), ("grad_norm", grad_norm)):
+                        stats[key] += val.detach().float()
+                steps += 1
+        out = {k: v / steps for k, v in stats.items()}
+        out["explained_variance"] = explained_variance(batch.v_old[batch.is_onpolicy > 0],
+                                                       batch.ret[batch.is_onpolicy > 0])
+        if cfg.lr_schedule == "linear":
+            frac = 1.0 - (self.iteration + 1) / self.max_iterations
+            self.lr.fill_(max(cfg.lr * frac, cfg.lr_min))
+        self.iteration += 1
+        return out
+
+    # ---- discriminator -----------------------------------------------------------------
+    def update_discriminator(self, ro: Rollout) -> Dict[str, torch.Tensor]:
+        """``disc_steps`` cross-entropy steps on random rows of this rollout, labelled by block."""
+        if self.disc is None:
+            return {}
+        T, N = ro.horizon, ro.num_envs
+        obs_n = self.model.obs_rms.normalize(ro.obs[:-1].reshape(T * N, -1))
+        act = ro.actions.reshape(T * N, -1)
+        label = self.pol_env.repeat(T)
+        tot_loss = torch.zeros((), device=self.device)
+        tot_acc = torch.zeros((), device=self.device)
+        for _ in range(self.cfg.disc_steps):
+            idx = torch.randint(T * N, (min(self.cfg.disc_batch, T * N),), generator=self.gen,
+                                device=self.device)
+            ce, acc = self.disc.loss(obs_n[idx], act[idx], label[idx])
+            self.disc_opt.zero_grad(set_to_none=True)
+            ce.backward()
+            self.disc_opt.step()
+            tot_loss += ce.detach()
+            tot_acc += acc
+        return {"disc_loss": tot_loss / self.cfg.disc_steps, "disc_acc": tot_acc / self.cfg.disc_steps}
+
+    # ---- diagnostics -------------------------------------------------------------------
+    @torch.no_grad()
+    def diagnostics(self, ro: Rollout, samples: int) -> Dict[str, torch.Tensor]:
+        """ESS and mean |rho - 1| of each follower's data under the leader, overall ESS, and
+        the KL matrix over states from all blocks (device tensors)."""
+        model, M, B = self.model, self.M, self.B
+        T, N = ro.horizon, ro.num_envs
+        out: Dict[str, torch.Tensor] = {}
+        if M == 1:
+            return out
+        obs = ro.obs[:-1]
+        # follower f's rows seen by the leader: rho = pi_L(a|s) / mu_f(a|s)
+        k = min(samples, T * B)
+        idx = torch.randint(T * B, (M - 1, k), generator=self.gen, device=self.device)
+        t_i = idx // B
+        n_i = (torch.arange(1, M, device=self.device).unsqueeze(1) * B) + idx % B
+        o = obs[t_i, n_i].reshape((M - 1) * k, -1)
+        a = ro.actions[t_i, n_i].reshape((M - 1) * k, -1)
+        mu_l = model.mean_action(o, torch.zeros((M - 1) * k, dtype=torch.long, device=self.device))
+        logp_l = gaussian_log_prob(a, mu_l, model.log_std[0].expand_as(mu_l))
+        log_rho = (logp_l - ro.logp[t_i, n_i].reshape(-1)).view(M - 1, k)
+        out["ess_follower"] = relative_ess(log_rho)  # [M - 1]
+        out["is_dev_follower"] = mean_abs_deviation(log_rho)
+        out["ess_overall"] = relative_ess(log_rho.reshape(-1))
+        # KL matrix on states from all blocks, every policy evaluated on every state
+        s = min(samples, T * N)
+        flat = torch.randint(T * N, (s,), generator=self.gen, device=self.device)
+        states = obs.reshape(T * N, -1)[flat]
+        pols = torch.arange(M, device=self.device).repeat_interleave(s)
+        mu_all = model.mean_action(states.repeat(M, 1), pols).view(M, s, -1)
+        out["kl_matrix"] = kl_matrix(mu_all, model.log_std.detach())
+        return out
+
+    def adapt_beta(self, kl_to_leader: torch.Tensor) -> None:
+        """Dual ascent on beta per follower: log beta_f += beta_lr * (KL_f / kl_target - 1)."""
+        if not self.cfg.beta_adapt or self.M == 1:
+            return
+        step = self.cfg.beta_lr * (kl_to_leader / self.cfg.kl_target - 1.0)
+        self.beta[1:] = (self.beta[1:] * torch.exp(step.clamp(-2.0, 2.0))).clamp(1e-8, 1e3)
+
+    # ---- state -------------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, object]:
+        """Optimiser, LR, beta, generator and discriminator state for exact resume."""
+        sd: Dict[str, object] = {"optimizer": self.optimizer.state_dict(), "lr": self.lr.clone(),
+                                 "beta": self.beta.clone(), "gen": self.gen.get_state(),
+                                 "iteration": self.iteration}
+        if self.disc is not None:
+            sd["disc"] = self.disc.state_dict()
+            sd["disc_opt"] = self.disc_opt.state_dict()
+        return sd
+
+    def load_state_dict(self, sd: Dict[str, object]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.optimizer.load_state_dict(sd["optimizer"])
+        self.lr.copy_(sd["lr"])
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+        self.beta.copy_(sd["beta"])
+        self.gen.set_state(sd["gen"])
+        self.iteration = int(sd["iteration"])
+        if self.disc is not None:
+            self.disc.load_state_dict(sd["disc"])
+            self.disc_opt.load_state_dict(sd["disc_opt"])
+
+
+def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - Var[target - pred] / Var[target] (1 is perfect, 0 no better than a constant)."""
+    var = target.var()
+    return 1.0 - (target - pred).var() / var.clamp(min=1e-8)

@@ -1,0 +1,1 @@
+"""Environments behind one batched-tensor contract (see :mod:`envs.base`)."""
