@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import os
 import re
+import zipfile
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -46,11 +47,15 @@ def load(path: str, map_location: Any = "cpu") -> Dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``; refuse anything else clearly."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"cannot read checkpoint {path!r}: not a torch zip archive "
+                              "(truncated or corrupt)")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # UnpicklingError for unsafe payloads, RuntimeError for corrupt zips
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        if "weights_only" in str(err) or "Unsupported global" in str(err):
+        text = str(err)
+        msg = text.splitlines()[-1].strip() if text else type(err).__name__
+        if "WeightsUnpickler" in text or "Unsupported global" in text:
             raise CheckpointError(
                 f"refusing {path!r}: it is not a weights-only checkpoint (it carries pickled "
                 f"objects that would run code on load); nothing from it was executed. ({msg})") from None

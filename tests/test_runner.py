@@ -1,0 +1,167 @@
+"""End-to-end runner checks on the tiny `test_line` task: determinism, exact resume,
+checkpoint safety, evaluation and export."""
+from __future__ import annotations
+
+import copy
+import os
+import pickle
+
+import pytest
+import torch
+
+from cpo import checkpoint as ckpt
+from cpo.app import resume_config, run
+from cpo.config import ConfigError, TrainConfig
+from cpo.runner import Runner
+
+
+def small_cfg(algo: str = "ppo", iters: int = 4, seed: int = 0) -> TrainConfig:
+    """A fast config on the test task for the given algorithm preset."""
+    cfg = TrainConfig(seed=seed, device="cpu", max_iterations=iters)
+    cfg.env.name, cfg.env.num_envs = "test_line", 48
+    cfg.algo.horizon, cfg.algo.num_minibatches, cfg.algo.num_epochs = 8, 2, 2
+    cfg.net.actor_hidden, cfg.net.critic_hidden = [16, 16], [16, 16]
+    cfg.log.progress, cfg.log.ckpt_every, cfg.log.heatmap_every = False, 2, 2
+    cfg.log.diag_samples = 64
+    if algo != "ppo":
+        cfg.algo.name, cfg.algo.num_policies = algo, 6
+        cfg.algo.entropy_scale = 0.005
+    if algo == "cpo":
+        cfg.algo.beta, cfg.algo.lambda_f, cfg.algo.lambda_adv = 1e-3, 0.2, 0.01
+        cfg.algo.disc_batch, cfg.algo.disc_hidden = 64, [16]
+    return cfg
+
+
+def params(runner_or_model) -> torch.Tensor:
+    model = getattr(runner_or_model, "model", runner_or_model)
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_seeded_determinism(tmp_path):
+    """Same seed -> bitwise identical parameters; a different seed -> different ones."""
+    outs = []
+    for i, seed in enumerate((0, 0, 1)):
+        r = Runner(small_cfg("cpo", seed=seed), str(tmp_path / f"r{i}"))
+        for _ in range(3):
+            r.step()
+        outs.append(params(r))
+    assert torch.equal(outs[0], outs[1])
+    assert not torch.allclose(outs[0], outs[2])
+
+
+@pytest.mark.parametrize("algo", ["ppo", "sapg", "cpo"])
+def test_exact_resume(tmp_path, algo):
+    """2K iterations straight == K, stop, resume, K more: identical parameters, optimiser,
+    normalisers, discriminator, RNG streams and step counters."""
+    K = 3
+    straight = small_cfg(algo, iters=2 * K)
+    straight.log.tensorboard = False
+    a = Runner(straight, str(tmp_path / "a"))
+    a.train()
+    first = small_cfg(algo, iters=K)
+    run(first, run_dir=str(tmp_path / "b"))
+    cfg_b, path = resume_config(str(tmp_path / "b"), [f"max_iterations={2 * K}"])
+    b = Runner(cfg_b, str(tmp_path / "b"), resume_from=path)
+    assert b.iteration == K and b.env_steps == K * 48 * 8
+    b.train()
+    assert torch.equal(params(a), params(b))
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    oa, ob = a.learner.optimizer.state_dict()["state"], b.learner.optimizer.state_dict()["state"]
+    for k in oa:
+        for kk in oa[k]:
+            assert torch.equal(oa[k][kk], ob[k][kk])
+    assert torch.equal(a.learner.lr, b.learner.lr)
+    assert torch.equal(a.act_gen.get_state(), b.act_gen.get_state())
+    assert torch.equal(a.obs, b.obs)
+    if algo == "cpo":
+        da, db = a.learner.disc.state_dict(), b.learner.disc.state_dict()
+        assert all(torch.equal(da[k], db[k]) for k in da)
+    assert a.env_steps == b.env_steps
+
+
+def test_resume_refuses_changed_algorithm_key(tmp_path):
+    """Resuming with a changed learning key fails naming the key and the stored value."""
+    run(small_cfg("ppo", iters=2), run_dir=str(tmp_path / "r"))
+    with pytest.raises(ConfigError, match=r"algo.lr=0.1.*stored value"):
+        resume_config(str(tmp_path / "r"), ["algo.lr=0.1"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        resume_config(str(tmp_path / "missing"), [])
+
+
+def test_run_dir_not_overwritten(tmp_path):
+    """A second fresh run into a directory holding checkpoints is refused."""
+    run(small_cfg("ppo", iters=2), run_dir=str(tmp_path / "r"))
+    with pytest.raises(ConfigError, match="already holds checkpoints"):
+        run(small_cfg("ppo", iters=2), run_dir=str(tmp_path / "r"))
+
+
+def test_checkpoint_is_weights_only_and_atomic(tmp_path):
+    """Checkpoints load with weights_only=True; a pickled payload is refused and never runs."""
+    r = Runner(small_cfg("cpo", iters=2), str(tmp_path / "r"))
+    r.step()
+    path = r.save()
+    payload = torch.load(path, weights_only=True)
+    assert payload["runner"]["iteration"] == 1
+    assert not [f for f in os.listdir(os.path.dirname(path)) if ".tmp." in f]
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    bad = tmp_path / "evil.pt"
+    torch.save({"format": 1, "model": Evil()}, str(bad))
+    with pytest.raises(ckpt.CheckpointError, match="not a weights-only checkpoint"):
+        ckpt.load(str(bad))
+    assert not marker.exists()
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a zip")
+    with pytest.raises(ckpt.CheckpointError, match="cannot read"):
+        ckpt.load(str(corrupt))
+
+
+def test_keep_last_and_best(tmp_path):
+    """Only the last k periodic checkpoints are kept, plus best.pt."""
+    cfg = small_cfg("ppo", iters=12)
+    cfg.log.ckpt_every, cfg.log.keep_last = 2, 2
+    run(cfg, run_dir=str(tmp_path / "r"))
+    names = sorted(os.listdir(tmp_path / "r" / "checkpoints"))
+    assert names == ["best.pt", "ckpt_000010.pt", "ckpt_000012.pt"]
+
+
+def test_nonfinite_env_stops_with_ids(tmp_path, monkeypatch):
+    """A NaN observation stops the run naming the env ids and saving the last good state."""
+    from cpo.runner import NonFiniteError
+
+    r = Runner(small_cfg("ppo", iters=3), str(tmp_path / "r"))
+    original = r.env.step
+
+    def poisoned(action):
+        obs, rew, term, trunc, info = original(action)
+        obs = obs.clone()
+        obs[5, 0] = float("nan")
+        return obs, rew, term, trunc, info
+
+    monkeypatch.setattr(r.env, "step", poisoned)
+    with pytest.raises(NonFiniteError, match=r"env ids \[5\]") as err:
+        r.step()
+    assert "last_good.pt" in str(err.value)
+    ckpt.load(str(tmp_path / "r" / "checkpoints" / "last_good.pt"))
+
+
+def test_eval_and_export(tmp_path):
+    """eval rebuilds the policy from the run dir alone; the TorchScript export matches it."""
+    from cpo.evaluate import evaluate, export_torchscript, find_checkpoint, load_policy
+
+    run(small_cfg("sapg", iters=2), run_dir=str(tmp_path / "r"))
+    model, cfg = load_policy(find_checkpoint(str(tmp_path / "r"), "latest"))
+    res = evaluate(model, cfg, episodes=16)
+    assert res["episodes"] == 16 and "success_rate" in res
+    path = export_torchscript(model, str(tmp_path / "policy.pt"))
+    scripted = torch.jit.load(path)
+    obs = torch.randn(5, model.obs_dim)
+    pol = torch.zeros(5, dtype=torch.long)
+    assert torch.allclose(scripted(obs), model.mean_action(obs, pol).clamp(-1, 1), atol=1e-6)
