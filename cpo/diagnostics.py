@@ -15,8 +15,10 @@ def relative_ess(log_rho: torch.Tensor, dim: int = -1) -> torch.Tensor:
     log ESS = 2 logsumexp(l) - log n - logsumexp(2 l).
     """
     n = log_rho.shape[dim]
-    lse = torch.logsumexp(log_rho, dim=dim)
-    lse2 = torch.logsumexp(2.0 * log_rho, dim=dim)
+    # shift by the max first so that the difference below is of O(1) numbers (ESS is scale-free)
+    shifted = log_rho - log_rho.amax(dim=dim, keepdim=True)
+    lse = torch.logsumexp(shifted, dim=dim)
+    lse2 = torch.logsumexp(2.0 * shifted, dim=dim)
     return torch.exp(2.0 * lse - math.log(n) - lse2)
 
 
