@@ -15,9 +15,33 @@ def to_train_config(cfg: Any) -> TrainConfig:
 
     if isinstance(cfg, TrainConfig):
         return cfg
+    check_unknown_keys(OmegaConf.to_container(cfg, resolve=True), TrainConfig)
     base = OmegaConf.structured(TrainConfig)
     merged = OmegaConf.merge(base, cfg)
     return OmegaConf.to_object(merged)
+
+
+def check_unknown_keys(values: Any, schema: Any, prefix: str = "") -> None:
+    """Raise :class:`ConfigError` for any key of ``values`` that ``schema`` (a dataclass)
+    does not declare, with a "did you mean" (Hydra's ``+key=`` can otherwise add one)."""
+    import dataclasses
+    import difflib
+
+    if not isinstance(values, dict):
+        return
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    for key, value in values.items():
+        if key == "hydra" and not prefix:
+            continue
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else ""
+            raise ConfigError(f"{prefix}{key}={value!r} is not a config key "
+                              f"(valid under {prefix or 'the root'}: {', '.join(fields)}){hint}")
+        sub = fields[key].type
+        sub = sub if dataclasses.is_dataclass(sub) else _NESTED.get(f"{prefix}{key}")
+        if sub is not None:
+            check_unknown_keys(value, sub, f"{prefix}{key}.")
 
 
 def config_yaml(cfg: TrainConfig) -> str:
@@ -98,5 +122,10 @@ def main_entry(cfg: Any) -> Optional[float]:
         sys.exit(2)
     return out.get("rollout/ep_return")
 
+
+from cpo.config import AlgoConfig, EnvConfig, LogConfig, NetConfig  # noqa: E402
+
+#: nested sections (dataclass field types are strings under ``from __future__ import annotations``)
+_NESTED = {"algo": AlgoConfig, "env": EnvConfig, "net": NetConfig, "log": LogConfig}
 
 register_configs()

@@ -61,7 +61,8 @@ def test_invalid_values_fail_naming_key_value_rule(override, pattern):
 
 @pytest.mark.parametrize("override,pattern", [
     ("algo.lamda_f=0.1", "lamda_f"),
-    ("+algo.lamda_f=0.1", "lamda_f"),
+    ("+algo.lamda_f=0.1", r"algo.lamda_f=0.1 is not a config key .*did you mean algo.lambda_f"),
+    ("+nets.actor_hidden=[8]", r"nets=.* is not a config key .*did you mean net"),
     ("algo.beta=abc", "beta"),
     ("env=cartpol", "cartpol"),
 ])
@@ -79,3 +80,28 @@ def test_cli_reports_config_error_before_compute(tmp_path):
     assert proc.returncode == 2
     assert "env.num_envs=1000 is not divisible by algo.num_policies=6" in proc.stderr
     assert not os.path.exists(tmp_path / "x" / "checkpoints")
+
+
+def test_paper_presets_compose():
+    """Every paper preset composes; CPO values per task as published, baselines switch only
+    the ensemble knobs."""
+    names = sorted(f[:-5] for f in os.listdir(os.path.join(CONF, "experiment")) if f.endswith(".yaml"))
+    assert "shadow_hand" in names and "allegro_hand_sapg" in names
+    for name in names:
+        cfg = composed(f"experiment={name}")
+        assert cfg.env.name == "isaacgym" and cfg.env.num_envs == 24576
+        if name.endswith("_ppo"):
+            assert cfg.algo.num_policies == 1
+        else:
+            assert cfg.algo.num_policies == 6
+        if name.endswith("_sapg") or name.endswith("_ppo"):
+            assert cfg.algo.beta == 0.0 and cfg.algo.lambda_adv == 0.0
+    hand = composed("experiment=shadow_hand")
+    assert (hand.algo.horizon, hand.algo.num_epochs, hand.algo.lr, hand.algo.clip_eps) == (8, 5, 5e-4, 0.2)
+    assert hand.net.actor_hidden == [512, 512, 256, 128] and hand.algo.lambda_adv == 0.01
+    allegro = composed("experiment=allegro_hand")
+    assert (allegro.algo.beta, allegro.algo.lambda_f, allegro.algo.lambda_adv) == (5e-4, 0.1, 0.001)
+    kuka = composed("experiment=allegro_kuka_throw")
+    assert (kuka.algo.horizon, kuka.algo.num_epochs, kuka.algo.lr, kuka.algo.clip_eps, kuka.algo.lambda_f) == (16, 2, 1e-4, 0.1, 0.1)
+    anymal = composed("experiment=anymal")
+    assert (anymal.algo.value_coef, anymal.algo.reward_scale, anymal.algo.kl_threshold) == (2.0, 1.0, 0.008)
