@@ -37,6 +37,9 @@ class NetConfig:
     """Running mean/std value normaliser: the critic learns standardised returns."""
     obs_clip: float = 5.0
     """Normalised observations are clipped to [-obs_clip, obs_clip] (> 0)."""
+    rnn_hidden: int = 0
+    """Width of an LSTM front end on the observation (paper: 768 for the Kuka tasks); 0 = none.
+    Its features are shared by all policies (the latent enters after it)."""
 
 
 @dataclass
@@ -284,6 +287,7 @@ def validate(cfg: TrainConfig) -> None:
     _check(n.activation in ("elu", "relu", "tanh", "silu"), "net.activation", n.activation,
            "must be elu, relu, tanh or silu")
     _check(n.obs_clip > 0, "net.obs_clip", n.obs_clip, "must be > 0")
+    _check(n.rnn_hidden >= 0, "net.rnn_hidden", n.rnn_hidden, "must be >= 0 (0 disables the LSTM)")
     # ---- logging
     for key in ("heatmap_every", "diag_samples", "ckpt_every", "keep_last"):
         val = getattr(g, key)

@@ -70,11 +70,15 @@ def evaluate(model, cfg: TrainConfig, episodes: int = 100, stochastic: bool = Fa
     final_ret = torch.zeros(episodes, device=env.device)
     success = torch.full((episodes,), float("nan"), device=env.device)
     finished = torch.zeros(episodes, dtype=torch.bool, device=env.device)
+    state = model.initial_state(episodes, env.device) if model.is_recurrent else None
     for _ in range(env.max_episode_steps + 1):
+        base = model.embed(obs) if state is None else None
+        if state is not None:  # each env plays one episode, so the memory is never reset
+            base, state = model.encode_step(obs, state)
         if stochastic:
-            action = model.act(obs, pol, gen)[0]
+            action = model.act(obs, pol, gen, base=base)[0]
         else:
-            action = model.mean_action(obs, pol)
+            action = model.mean_base(base, pol)
         obs, reward, term, trunc, info = env.step(action)
         ret += reward * (~finished).float()
         done = (term | trunc) & ~finished
@@ -96,7 +100,8 @@ def evaluate(model, cfg: TrainConfig, episodes: int = 100, stochastic: bool = Fa
 
 class ExportedPolicy(nn.Module):
     """Deterministic policy of one ensemble member as a standalone module:
-    raw observation -> action in [-1, 1] (observation normaliser and latent baked in)."""
+    raw observation -> action in [-1, 1] (observation normaliser and latent baked in).
+    A recurrent policy maps ``(obs, h, c) -> (action, h, c)`` with ``h, c [B, H]``."""
 
     def __init__(self, model, policy: int = 0) -> None:
         super().__init__()
@@ -109,21 +114,37 @@ class ExportedPolicy(nn.Module):
         self.normalize = bool(model.normalize_obs)
         self.trunk = copy.deepcopy(model.actor_trunk)
         self.head = copy.deepcopy(model.mu_head)
+        self.rnn = copy.deepcopy(model.rnn)
+
+    def _normalize(self, obs: torch.Tensor) -> torch.Tensor:
+        if self.normalize:
+            return ((obs - self.obs_mean) / self.obs_std).clamp(-self.clip, self.clip)
+        return obs
+
+    def _act(self, base: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([base, self.latent.expand(base.shape[0], -1)], dim=-1)
+        return self.head(self.trunk(x)).clamp(-1.0, 1.0)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        """``obs [B, D]`` -> action ``[B, A]`` in [-1, 1]."""
-        x = obs
-        if self.normalize:
-            x = ((obs - self.obs_mean) / self.obs_std).clamp(-self.clip, self.clip)
-        x = torch.cat([x, self.latent.expand(obs.shape[0], -1)], dim=-1)
-        return self.head(self.trunk(x)).clamp(-1.0, 1.0)
+        """``obs [B, D]`` -> action ``[B, A]`` in [-1, 1] (feed-forward policies)."""
+        return self._act(self._normalize(obs))
+
+    def step(self, obs: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
+        """Recurrent policies: ``(obs [B, D], h [B, H], c [B, H]) -> (action, h, c)``."""
+        out, (h2, c2) = self.rnn(self._normalize(obs).unsqueeze(0), (h.unsqueeze(0), c.unsqueeze(0)))
+        return self._act(out.squeeze(0)), h2.squeeze(0), c2.squeeze(0)
 
 
 def export_torchscript(model, path: str, policy: int = 0) -> str:
-    """Write the deterministic policy ``policy`` as TorchScript to ``path``; returns it."""
+    """Write the deterministic policy ``policy`` as TorchScript to ``path``; returns it.
+    Recurrent policies are traced through :meth:`ExportedPolicy.step` (obs, h, c)."""
     module = ExportedPolicy(model.cpu(), policy).eval()
     example = torch.zeros(1, model.obs_dim)
     with torch.no_grad():
-        traced = torch.jit.trace(module, example)
+        if model.is_recurrent:
+            h = torch.zeros(1, model.rnn_hidden)
+            traced = torch.jit.trace_module(module, {"step": (example, h, h.clone())})
+        else:
+            traced = torch.jit.trace(module, example)
     traced.save(path)
     return path

@@ -100,7 +100,8 @@ class Learner:
             self.disc_opt = torch.optim.Adam(self.disc.parameters(), lr=cfg.disc_lr)
         self.autocast_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.mixed_precision]
         self.iteration = 0
-        self.warned_no_final_obs = False
+        self._base: Optional[torch.Tensor] = None
+        self._base_of: Optional[int] = None
 
     # ---- targets -----------------------------------------------------------------------
     @torch.no_grad()
@@ -117,15 +118,17 @@ class Learner:
             label = self.pol_env.repeat(T)
             bonus = self.disc.bonus(obs_n, ro.actions.reshape(T * N, -1), label).view(T, N)
             r_own = r_env + cfg.lambda_adv * bonus * (self.pol_env > 0).float()
+        base, final_base = self.front_end(ro)
+        self._base, self._base_of = base, id(ro)  # reused by diagnostics() before the update
         # ---- on-policy rows: GAE with each block's own critic
-        _, v_next = bootstrap_values(model.value, ro.obs, ro.final_obs, ro.truncated, self.pol_env,
+        _, v_next = bootstrap_values(model.value_base, base, final_base, ro.truncated, self.pol_env,
                                      values=ro.values, has_final_obs=has_final_obs)
         adv_own, ret_own = gae(r_own, ro.values, v_next, ro.terminated, ro.truncated,
                                cfg.gamma, cfg.gae_lambda)
         if cfg.lambda_ppo > 0 and M > 1:
             # reverse-KL shaping: A_f - lambda_ppo * (log pi_f(a|s) - log pi_L(a|s))
-            flat_obs = ro.obs[:-1].reshape(T * N, -1)
-            mu_l = model.mean_action(flat_obs, torch.zeros_like(self.pol_env.repeat(T)))
+            flat = base[:-1].reshape(T * N, -1)
+            mu_l = model.mean_base(flat, torch.zeros_like(self.pol_env.repeat(T)))
             logp_l = gaussian_log_prob(ro.actions.reshape(T * N, -1), mu_l,
                                        model.log_std[0].expand_as(mu_l)).view(T, N)
             adv_own = adv_own - cfg.lambda_ppo * (ro.logp - logp_l) * (self.pol_env > 0).float()
@@ -158,7 +161,7 @@ class Learner:
             lam_row = lam[p.reshape(-1) - 1]
         if cols:
             col, pol, kind = torch.cat(cols), torch.cat(pols), torch.cat(kinds)
-            v, v_next = bootstrap_values(model.value, ro.obs[:, col], ro.final_obs[:, col],
+            v, v_next = bootstrap_values(model.value_base, base[:, col], final_base[:, col],
                                          ro.truncated[:, col], pol, has_final_obs=has_final_obs)
             # one-step TD with the current critic of the row's latent: y = r + gamma V(s')(1 - term)
             y = td_targets(r_env[:, col], v_next, ro.terminated[:, col], cfg.gamma)
@@ -190,6 +193,59 @@ class Learner:
                      v_old=cat["v_old"], logp_old=ro.logp.reshape(-1)[cat["src"]], weight=weight,
                      ent_coef=ent, num_minibatches=num_mb)
 
+    @torch.no_grad()
+    def front_end(self, ro: Rollout):
+        """Front-end features of every stored observation, ``[T + 1, N, F]``, and of the final
+        observations ``[T, N, F]``: normalised observations, or LSTM features run over the
+        rollout from its stored start state (a final observation continues its episode's
+        memory: it is encoded from the state before the reset)."""
+        model = self.model
+        if not model.is_recurrent:
+            return model.embed(ro.obs), model.embed(ro.final_obs)
+        T, N = ro.horizon, ro.num_envs
+        dones = ro.terminated | ro.truncated
+        feats, (hs, cs) = model.encode_seq(ro.obs, (ro.h0, ro.c0), dones)
+        fin, _ = model.encode_step(ro.final_obs.reshape(T * N, -1),
+                                   (hs[:T].reshape(T * N, -1), cs[:T].reshape(T * N, -1)))
+        return feats, fin.view(T, N, -1)
+
+    def _minibatches(self, ro: Rollout, batch: Batch):
+        """Yield ``(row indices, front-end features of those rows or None)`` for one epoch.
+
+        Feed-forward: rows reshuffled and split evenly. Recurrent: env columns are shuffled
+        and split; a minibatch holds every row (on-policy, off-policy and coupling) whose
+        source column is in its group, and the LSTM is re-run with gradients over those
+        columns' whole sequences from their stored start state."""
+        R = batch.src.numel()
+        if not self.model.is_recurrent:
+            perm = torch.randperm(R, generator=self.gen, device=self.device)
+            for idx in perm.tensor_split(batch.num_minibatches):
+                yield idx, None
+            return
+        T, N = ro.horizon, ro.num_envs
+        groups = min(self.cfg.num_minibatches, N)
+        perm = torch.randperm(N, generator=self.gen, device=self.device)
+        group_of_col = torch.empty(N, dtype=torch.long, device=self.device)
+        group_of_col[perm] = torch.arange(N, device=self.device) * groups // N
+        pos_of_col = torch.empty(N, dtype=torch.long, device=self.device)
+        col = batch.src % N
+        row_group = group_of_col[col]
+        order = torch.argsort(row_group, stable=True)
+        sizes = torch.bincount(row_group, minlength=groups).tolist()  # one sync per epoch
+        col_sizes = torch.bincount(group_of_col, minlength=groups).tolist()
+        dones = ro.terminated | ro.truncated
+        start_r = start_c = 0
+        for g in range(groups):
+            cols = perm[start_c:start_c + col_sizes[g]]
+            pos_of_col[cols] = torch.arange(cols.numel(), device=self.device)
+            idx = order[start_r:start_r + sizes[g]]
+            start_r += sizes[g]
+            start_c += col_sizes[g]
+            with self._autocast():
+                feats, _ = self.model.encode_seq(ro.obs[:T, cols], (ro.h0[cols], ro.c0[cols]), dones[:, cols])
+            src = batch.src[idx]
+            yield idx, feats[src // N, pos_of_col[src % N]]
+
     # ---- the update ---------------------------------------------------------------------
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -204,7 +260,6 @@ class Learner:
         obs = ro.obs[:-1].reshape(T * N, -1)
         act = ro.actions.reshape(T * N, -1)
         mu_old = ro.mu.reshape(T * N, -1)
-        R = batch.src.numel()
         # value targets live in normalised units: update the statistics once, before the epochs
         if model.normalize_value:
             model.value_rms.update(batch.ret[batch.is_ppo > 0])
@@ -214,11 +269,12 @@ class Learner:
                  ("policy", "value", "entropy", "coupling", "bounds", "approx_kl", "clipfrac", "grad_norm")}
         steps = 0
         for _ in range(cfg.num_epochs):
-            perm = torch.randperm(R, generator=self.gen, device=self.device)
-            for idx in perm.tensor_split(batch.num_minibatches):
+            for idx, base in self._minibatches(ro, batch):
                 src, pol = batch.src[idx], batch.pol[idx]
                 with self._autocast():
-                    mu, log_std, v = model(obs[src], pol)
+                    if base is None:
+                        base = model.embed(obs[src])
+                    mu, log_std, v = model.heads(base, pol)
                 mu, v = mu.float(), v.float()
                 a = act[src]
                 logp = gaussian_log_prob(a, mu, log_std)
@@ -264,6 +320,7 @@ class Learner:
             frac = 1.0 - (self.iteration + 1) / self.max_iterations
             self.lr.fill_(max(cfg.lr * frac, cfg.lr_min))
         self.iteration += 1
+        self._base, self._base_of = None, None  # parameters changed: features are stale
         return out
 
     # ---- discriminator -----------------------------------------------------------------
@@ -298,7 +355,8 @@ class Learner:
         out: Dict[str, torch.Tensor] = {}
         if M == 1:
             return out
-        obs = ro.obs[:-1]
+        base = self._base if self._base_of == id(ro) else None
+        obs = (base if base is not None else self.front_end(ro)[0])[:-1]  # front-end features
         # follower f's rows seen by the leader: rho = pi_L(a|s) / mu_f(a|s)
         k = min(samples, T * B)
         idx = torch.randint(T * B, (M - 1, k), generator=self.gen, device=self.device)
@@ -306,7 +364,7 @@ class Learner:
         n_i = (torch.arange(1, M, device=self.device).unsqueeze(1) * B) + idx % B
         o = obs[t_i, n_i].reshape((M - 1) * k, -1)
         a = ro.actions[t_i, n_i].reshape((M - 1) * k, -1)
-        mu_l = model.mean_action(o, torch.zeros((M - 1) * k, dtype=torch.long, device=self.device))
+        mu_l = model.mean_base(o, torch.zeros((M - 1) * k, dtype=torch.long, device=self.device))
         logp_l = gaussian_log_prob(a, mu_l, model.log_std[0].expand_as(mu_l))
         log_rho = (logp_l - ro.logp[t_i, n_i].reshape(-1)).view(M - 1, k)
         out["ess_follower"] = relative_ess(log_rho)  # [M - 1]
@@ -317,7 +375,7 @@ class Learner:
         flat = torch.randint(T * N, (s,), generator=self.gen, device=self.device)
         states = obs.reshape(T * N, -1)[flat]
         pols = torch.arange(M, device=self.device).repeat_interleave(s)
-        mu_all = model.mean_action(states.repeat(M, 1), pols).view(M, s, -1)
+        mu_all = model.mean_base(states.repeat(M, 1), pols).view(M, s, -1)
         out["kl_matrix"] = kl_matrix(mu_all, model.log_std.detach())
         return out
 

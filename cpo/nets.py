@@ -103,7 +103,7 @@ class EnsembleActorCritic(nn.Module):
                  actor_hidden: Optional[List[int]] = None, critic_hidden: Optional[List[int]] = None,
                  separate_critic: bool = True, activation: str = "elu", init_log_std: float = 0.0,
                  normalize_obs: bool = True, normalize_value: bool = True, obs_clip: float = 5.0,
-                 seed: int = 0) -> None:
+                 rnn_hidden: int = 0, seed: int = 0) -> None:
         super().__init__()
         actor_hidden = list(actor_hidden or [256, 128, 64])
         critic_hidden = list(critic_hidden or actor_hidden)
@@ -115,9 +115,13 @@ class EnsembleActorCritic(nn.Module):
         # phi_m ~ N(0, 1): distinct latents make the policies distinct from the first step
         self.latents = nn.Parameter(torch.randn(num_policies, latent_dim, generator=gen))
         self.log_std = nn.Parameter(torch.full((num_policies, act_dim), float(init_log_std)))
-        inp = obs_dim + latent_dim
+        self.rnn_hidden = int(rnn_hidden)
+        # the recurrent front end sees only observations, so its features are the same for
+        # every policy: relabelling rows with another latent never re-runs the LSTM
+        inp = (self.rnn_hidden or obs_dim) + latent_dim
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
+            self.rnn = nn.LSTM(obs_dim, self.rnn_hidden) if self.rnn_hidden > 0 else None
             self.actor_trunk = mlp([inp] + actor_hidden, activation)
             self.actor_trunk.append(_ACTIVATIONS[activation]())
             self.mu_head = mlp([actor_hidden[-1], act_dim], activation, out_gain=0.01)
@@ -128,17 +132,54 @@ class EnsembleActorCritic(nn.Module):
         self.obs_rms = RunningMeanStd((obs_dim,), clip=obs_clip)
         self.value_rms = RunningMeanStd(())
 
-    # ---- batched evaluation ---------------------------------------------------------------
-    def _input(self, obs: torch.Tensor, pol: torch.Tensor) -> torch.Tensor:
-        """Normalised observation concatenated with each row's policy latent."""
-        x = self.obs_rms.normalize(obs) if self.normalize_obs else obs
-        return torch.cat([x, self.latents[pol].to(x.dtype)], dim=-1)
+    # ---- recurrent front end ---------------------------------------------------------------
+    @property
+    def is_recurrent(self) -> bool:
+        """True when an LSTM encodes the observation history."""
+        return self.rnn is not None
 
-    def forward(self, obs: torch.Tensor, pol: torch.Tensor, critic: bool = True
-                ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-        """Rows of raw ``obs [R, D]`` with policy ids ``pol [R]`` ->
+    def initial_state(self, n: int, device: Optional[torch.device] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Zero LSTM state ``(h, c)``, each ``[n, H]``."""
+        z = torch.zeros(n, self.rnn_hidden, device=device or self.log_std.device)
+        return z, z.clone()
+
+    def encode_step(self, obs: torch.Tensor, state: Tuple[torch.Tensor, torch.Tensor]
+                    ) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        """One LSTM step on raw ``obs [n, D]`` -> (features [n, H], new state)."""
+        x = self.obs_rms.normalize(obs) if self.normalize_obs else obs
+        out, (h, c) = self.rnn(x.unsqueeze(0), (state[0].unsqueeze(0), state[1].unsqueeze(0)))
+        return out.squeeze(0), (h.squeeze(0), c.squeeze(0))
+
+    def encode_seq(self, obs: torch.Tensor, state: Tuple[torch.Tensor, torch.Tensor],
+                   dones: torch.Tensor) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        """Features of a sequence ``obs [S, n, D]`` from ``state`` at its start; the state is
+        zeroed after every step with ``dones [S', n]`` true (S' >= S - 1). Returns
+        (features [S, n, H], the pre-reset states after each step, each ``[S, n, H]``)."""
+        feats, hs, cs = [], [], []
+        h, c = state
+        for t in range(obs.shape[0]):
+            f, (h, c) = self.encode_step(obs[t], (h, c))
+            feats.append(f)
+            hs.append(h)
+            cs.append(c)
+            if t < dones.shape[0]:
+                keep = (~dones[t]).to(h.dtype).unsqueeze(-1)
+                h, c = h * keep, c * keep
+        return torch.stack(feats), (torch.stack(hs), torch.stack(cs))
+
+    # ---- batched evaluation ---------------------------------------------------------------
+    def embed(self, obs: torch.Tensor) -> torch.Tensor:
+        """Feed-forward front end: the normalised observation (recurrent models use
+        :meth:`encode_step` / :meth:`encode_seq` instead)."""
+        if self.rnn is not None:
+            raise RuntimeError("a recurrent model needs its LSTM state: use encode_step/encode_seq")
+        return self.obs_rms.normalize(obs) if self.normalize_obs else obs
+
+    def heads(self, base: torch.Tensor, pol: torch.Tensor, critic: bool = True
+              ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """Rows of front-end features ``base [R, F]`` with policy ids ``pol [R]`` ->
         (mu [R, A], log_std [R, A], normalised value [R] or None)."""
-        x = self._input(obs, pol)
+        x = torch.cat([base, self.latents[pol].to(base.dtype)], dim=-1)
         h = self.actor_trunk(x)
         mu = self.mu_head(h)
         log_std = self.log_std[pol]
@@ -147,15 +188,30 @@ class EnsembleActorCritic(nn.Module):
             value = (self.critic(x) if self.separate_critic else self.value_head(h)).squeeze(-1)
         return mu, log_std, value
 
-    def value(self, obs: torch.Tensor, pol: torch.Tensor) -> torch.Tensor:
-        """V_pol(obs) in reward units (de-normalised)."""
-        x = self._input(obs, pol)
+    def value_base(self, base: torch.Tensor, pol: torch.Tensor) -> torch.Tensor:
+        """V_pol from front-end features, in reward units."""
+        x = torch.cat([base, self.latents[pol].to(base.dtype)], dim=-1)
         v = self.critic(x) if self.separate_critic else self.value_head(self.actor_trunk(x))
         return self.denorm_value(v.squeeze(-1))
 
+    def mean_base(self, base: torch.Tensor, pol: torch.Tensor) -> torch.Tensor:
+        """mu_pol from front-end features."""
+        x = torch.cat([base, self.latents[pol].to(base.dtype)], dim=-1)
+        return self.mu_head(self.actor_trunk(x))
+
+    def forward(self, obs: torch.Tensor, pol: torch.Tensor, critic: bool = True
+                ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """Rows of raw ``obs [R, D]`` with policy ids ``pol [R]`` ->
+        (mu [R, A], log_std [R, A], normalised value [R] or None). Feed-forward models only."""
+        return self.heads(self.embed(obs), pol, critic)
+
+    def value(self, obs: torch.Tensor, pol: torch.Tensor) -> torch.Tensor:
+        """V_pol(obs) in reward units (de-normalised). Feed-forward models only."""
+        return self.value_base(self.embed(obs), pol)
+
     def mean_action(self, obs: torch.Tensor, pol: torch.Tensor) -> torch.Tensor:
-        """Deterministic action mu_pol(obs)."""
-        return self.mu_head(self.actor_trunk(self._input(obs, pol)))
+        """Deterministic action mu_pol(obs). Feed-forward models only."""
+        return self.mean_base(self.embed(obs), pol)
 
     def denorm_value(self, v: torch.Tensor) -> torch.Tensor:
         """Normalised critic output -> reward units."""
@@ -166,10 +222,12 @@ class EnsembleActorCritic(nn.Module):
         return self.value_rms.scale(v) if self.normalize_value else v
 
     @torch.no_grad()
-    def act(self, obs: torch.Tensor, pol: torch.Tensor, generator: Optional[torch.Generator] = None
+    def act(self, obs: torch.Tensor, pol: torch.Tensor, generator: Optional[torch.Generator] = None,
+            base: Optional[torch.Tensor] = None
             ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Sample a ~ pi_pol(.|obs): returns (action, log_prob, mu, value in reward units)."""
-        mu, log_std, v = self.forward(obs, pol)
+        """Sample a ~ pi_pol(.|obs): returns (action, log_prob, mu, value in reward units).
+        Recurrent models pass their LSTM features as ``base``."""
+        mu, log_std, v = self.heads(self.embed(obs) if base is None else base, pol)
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         action = mu + torch.exp(log_std) * eps
         logp = gaussian_log_prob(action, mu, log_std)

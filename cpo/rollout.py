@@ -86,12 +86,15 @@ class Rollout:
     terminated: torch.Tensor
     truncated: torch.Tensor
     log_std: torch.Tensor
+    h0: Optional[torch.Tensor] = None  # [N, H] LSTM state at the rollout's start (recurrent)
+    c0: Optional[torch.Tensor] = None
 
     @staticmethod
     def empty(T: int, N: int, obs_dim: int, act_dim: int, num_policies: int,
-              device: torch.device) -> "Rollout":
+              device: torch.device, rnn_hidden: int = 0) -> "Rollout":
         """Pre-allocated storage, reused every iteration."""
         f = dict(device=device, dtype=torch.float32)
+        rnn = dict(h0=torch.zeros(N, rnn_hidden, **f), c0=torch.zeros(N, rnn_hidden, **f)) if rnn_hidden else {}
         return Rollout(
             obs=torch.zeros(T + 1, N, obs_dim, **f), final_obs=torch.zeros(T, N, obs_dim, **f),
             actions=torch.zeros(T, N, act_dim, **f), logp=torch.zeros(T, N, **f),
@@ -99,7 +102,7 @@ class Rollout:
             rewards=torch.zeros(T, N, **f),
             terminated=torch.zeros(T, N, dtype=torch.bool, device=device),
             truncated=torch.zeros(T, N, dtype=torch.bool, device=device),
-            log_std=torch.zeros(num_policies, act_dim, **f))
+            log_std=torch.zeros(num_policies, act_dim, **f), **rnn)
 
     @property
     def horizon(self) -> int:

@@ -38,7 +38,7 @@ def build_model(cfg: TrainConfig, obs_dim: int, act_dim: int) -> EnsembleActorCr
         actor_hidden=list(n.actor_hidden), critic_hidden=list(n.critic_hidden),
         separate_critic=n.separate_critic, activation=n.activation, init_log_std=n.init_log_std,
         normalize_obs=n.normalize_obs, normalize_value=n.normalize_value, obs_clip=n.obs_clip,
-        seed=cfg.seed)
+        rnn_hidden=n.rnn_hidden, seed=cfg.seed)
 
 
 class _Signals:
@@ -74,8 +74,10 @@ class Runner:
                  config_yaml: str = "") -> None:
         from envs import registry
 
+        from cpo.app import config_yaml as to_yaml
+
         self.cfg, self.run_dir = cfg, run_dir
-        self.config_yaml = config_yaml
+        self.config_yaml = config_yaml or to_yaml(cfg)
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
         self.device = resolve_device(cfg.device)
@@ -88,7 +90,9 @@ class Runner:
         self.M, self.B = M, N // M
         self.pol_env = torch.arange(N, device=self.device) // self.B
         self.act_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
-        self.storage = Rollout.empty(T, N, self.env.obs_dim, self.env.act_dim, M, self.device)
+        self.storage = Rollout.empty(T, N, self.env.obs_dim, self.env.act_dim, M, self.device,
+                                     rnn_hidden=cfg.net.rnn_hidden)
+        self.rnn_state = self.model.initial_state(N) if self.model.is_recurrent else None
         self.ep_ret = torch.zeros(N, device=self.device)
         self.ep_len = torch.zeros(N, device=self.device)
         self.iteration, self.env_steps = 0, 0
@@ -116,10 +120,19 @@ class Runner:
         sums: Dict[str, torch.Tensor] = {"return": z(), "length": z(), "count": z()}
         bad = torch.zeros(env.num_envs, dtype=torch.bool, device=self.device)
         ro.log_std.copy_(model.log_std.detach())
+        if self.rnn_state is not None:
+            ro.h0.copy_(self.rnn_state[0])
+            ro.c0.copy_(self.rnn_state[1])
         for t in range(ro.horizon):
             ro.obs[t] = self.obs
-            action, logp, mu, value = model.act(self.obs, self.pol_env, self.act_gen)
+            base = None
+            if self.rnn_state is not None:
+                base, self.rnn_state = model.encode_step(self.obs, self.rnn_state)
+            action, logp, mu, value = model.act(self.obs, self.pol_env, self.act_gen, base=base)
             obs, reward, term, trunc, info = env.step(action)
+            if self.rnn_state is not None:  # a new episode starts from a zero memory
+                keep = (~(term | trunc)).float().unsqueeze(-1)
+                self.rnn_state = (self.rnn_state[0] * keep, self.rnn_state[1] * keep)
             ro.actions[t], ro.logp[t], ro.mu[t], ro.values[t] = action, logp, mu, value
             ro.rewards[t], ro.terminated[t], ro.truncated[t] = reward, term, trunc
             ro.final_obs[t] = info.get("final_obs", obs)
@@ -302,6 +315,7 @@ class Runner:
                 "torch_rng": torch.get_rng_state(), "obs": self.obs.clone(),
                 "ep_ret": self.ep_ret.clone(), "ep_len": self.ep_len.clone(),
                 "last_stats": dict(self.last_stats),
+                "rnn_state": list(self.rnn_state) if self.rnn_state is not None else [],
             },
         }
 
@@ -333,6 +347,8 @@ class Runner:
         self.ep_ret = r["ep_ret"].to(self.device)
         self.ep_len = r["ep_len"].to(self.device)
         self.last_stats = {k: float(v) for k, v in r["last_stats"].items()}
+        if self.rnn_state is not None:
+            self.rnn_state = (r["rnn_state"][0].to(self.device), r["rnn_state"][1].to(self.device))
 
 
 def _entropies(log_std: torch.Tensor) -> torch.Tensor:

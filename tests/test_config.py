@@ -104,4 +104,5 @@ def test_paper_presets_compose():
     kuka = composed("experiment=allegro_kuka_throw")
     assert (kuka.algo.horizon, kuka.algo.num_epochs, kuka.algo.lr, kuka.algo.clip_eps, kuka.algo.lambda_f) == (16, 2, 1e-4, 0.1, 0.1)
     anymal = composed("experiment=anymal")
+    assert kuka.net.rnn_hidden == 768 and hand.net.rnn_hidden == 0
     assert (anymal.algo.value_coef, anymal.algo.reward_scale, anymal.algo.kl_threshold) == (2.0, 1.0, 0.008)
