@@ -260,6 +260,8 @@ def validate(cfg: TrainConfig) -> None:
         val = getattr(a, key)
         _check(math.isfinite(val) and val >= 0, f"algo.{key}", val, "must be a finite number >= 0")
     _check(a.lr_max >= a.lr_min, "algo.lr_max", a.lr_max, f"must be >= algo.lr_min={a.lr_min}")
+    _check(a.lr_min <= a.lr <= a.lr_max, "algo.lr", a.lr,
+           f"must lie within [algo.lr_min, algo.lr_max] = [{a.lr_min}, {a.lr_max}]")
     _check(a.lr_schedule in ("adaptive", "fixed", "linear"), "algo.lr_schedule", a.lr_schedule,
            "must be adaptive, fixed or linear")
     _check(a.lambda_f_schedule in ("constant", "linear", "cosine"), "algo.lambda_f_schedule",
