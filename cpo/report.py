@@ -36,6 +36,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from cpo.config import flatten
+
 DEFAULT_METRIC = "rollout/ep_return"
 SUCCESS_TAG = "rollout/success"
 ESS_TAG = "diversity/ess/overall"
@@ -95,18 +97,6 @@ def _natural_key(path: str) -> List[Any]:
     for comp in os.path.normpath(path).split(os.sep):
         parts.append((0, int(comp), "") if comp.isdigit() else (1, 0, comp))
     return parts
-
-
-def flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (empty dicts stay as values)."""
-    out: Dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def read_scalars(run_dir: str) -> Dict[str, Series]:
