@@ -46,6 +46,7 @@ class Batch:
     weight: torch.Tensor  # [R] beta * w for coupling rows, 0 elsewhere
     ent_coef: torch.Tensor  # [R] entropy coefficient of the row's policy (PPO rows)
     num_minibatches: int  # minibatches per epoch for this batch
+    n_ppo: int  # rows are ordered: the first n_ppo are PPO rows (on- then off-policy), then coupling
 
 
 def entropy_coefficients(cfg: AlgoConfig) -> torch.Tensor:
@@ -188,10 +189,14 @@ class Learner:
         # minibatch size is fixed by the on-policy batch; extra rows add minibatches
         mb_size = T * N // cfg.num_minibatches
         num_mb = max(1, int(round(adv.numel() / mb_size)))
-        return Batch(src=cat["src"], pol=pol, is_ppo=(kind < 2).float(),
-                     is_onpolicy=(kind == 0).float(), is_coupling=is_cpl, adv=adv, ret=cat["ret"],
-                     v_old=cat["v_old"], logp_old=ro.logp.reshape(-1)[cat["src"]], weight=weight,
-                     ent_coef=ent, num_minibatches=num_mb)
+        # rows ordered by kind (on-policy, off-policy, coupling): the first n_ppo are PPO rows
+        order = torch.argsort(kind, stable=True)
+        src = cat["src"][order]
+        return Batch(src=src, pol=pol[order], is_ppo=(kind[order] < 2).float(),
+                     is_onpolicy=(kind[order] == 0).float(), is_coupling=is_cpl[order], adv=adv[order],
+                     ret=cat["ret"][order], v_old=cat["v_old"][order], logp_old=ro.logp.reshape(-1)[src],
+                     weight=weight[order], ent_coef=ent[order], num_minibatches=num_mb,
+                     n_ppo=T * N + T * (n_off * B if n_off > 0 else 0))
 
     @torch.no_grad()
     def front_end(self, ro: Rollout):
@@ -210,17 +215,21 @@ class Learner:
         return feats, fin.view(T, N, -1)
 
     def _minibatches(self, ro: Rollout, batch: Batch):
-        """Yield ``(row indices, front-end features of those rows or None)`` for one epoch.
+        """Yield ``(row indices, front-end features of those rows or None, n PPO rows)`` for
+        one epoch; in every minibatch the PPO rows come first (the critic runs on them only).
 
-        Feed-forward: rows reshuffled and split evenly. Recurrent: env columns are shuffled
-        and split; a minibatch holds every row (on-policy, off-policy and coupling) whose
-        source column is in its group, and the LSTM is re-run with gradients over those
-        columns' whole sequences from their stored start state."""
-        R = batch.src.numel()
+        Feed-forward: PPO rows and coupling rows are reshuffled separately and split into the
+        same number of chunks, so every minibatch mixes them in the proportion of the whole
+        iteration (the weighting ALGORITHMS.md section 5 relies on) with no host sync.
+        Recurrent: env columns are shuffled and split; a minibatch holds every row (on-policy,
+        off-policy and coupling) whose source column is in its group, and the LSTM is re-run
+        with gradients over those columns' whole sequences from their stored start state."""
+        R, n_ppo = batch.src.numel(), batch.n_ppo
         if not self.model.is_recurrent:
-            perm = torch.randperm(R, generator=self.gen, device=self.device)
-            for idx in perm.tensor_split(batch.num_minibatches):
-                yield idx, None
+            ppo = torch.randperm(n_ppo, generator=self.gen, device=self.device)
+            cpl = torch.randperm(R - n_ppo, generator=self.gen, device=self.device) + n_ppo
+            for a, b in zip(ppo.tensor_split(batch.num_minibatches), cpl.tensor_split(batch.num_minibatches)):
+                yield torch.cat([a, b]), None, a.numel()
             return
         T, N = ro.horizon, ro.num_envs
         groups = min(self.cfg.num_minibatches, N)
@@ -229,9 +238,11 @@ class Learner:
         group_of_col[perm] = torch.arange(N, device=self.device) * groups // N
         pos_of_col = torch.empty(N, dtype=torch.long, device=self.device)
         col = batch.src % N
-        row_group = group_of_col[col]
-        order = torch.argsort(row_group, stable=True)
-        sizes = torch.bincount(row_group, minlength=groups).tolist()  # one sync per epoch
+        # sort rows by (group, coupling?) so that each group's PPO rows come first
+        key = group_of_col[col] * 2 + (torch.arange(R, device=self.device) >= n_ppo).long()
+        order = torch.argsort(key, stable=True)
+        counts = torch.bincount(key, minlength=2 * groups).tolist()  # one sync per epoch
+        sizes = [counts[2 * g] + counts[2 * g + 1] for g in range(groups)]
         col_sizes = torch.bincount(group_of_col, minlength=groups).tolist()
         dones = ro.terminated | ro.truncated
         start_r = start_c = 0
@@ -244,7 +255,7 @@ class Learner:
             with self._autocast():
                 feats, _ = self.model.encode_seq(ro.obs[:T, cols], (ro.h0[cols], ro.c0[cols]), dones[:, cols])
             src = batch.src[idx]
-            yield idx, feats[src // N, pos_of_col[src % N]]
+            yield idx, feats[src // N, pos_of_col[src % N]], counts[2 * g]
 
     # ---- the update ---------------------------------------------------------------------
     def _autocast(self):
@@ -269,29 +280,31 @@ class Learner:
                  ("policy", "value", "entropy", "coupling", "bounds", "approx_kl", "clipfrac", "grad_norm")}
         steps = 0
         for _ in range(cfg.num_epochs):
-            for idx, base in self._minibatches(ro, batch):
+            for idx, base, k in self._minibatches(ro, batch):
+                # rows idx[:k] are PPO rows (on- and off-policy), idx[k:] coupling rows
                 src, pol = batch.src[idx], batch.pol[idx]
                 with self._autocast():
                     if base is None:
                         base = model.embed(obs[src])
-                    mu, log_std, v = model.heads(base, pol)
+                    mu, log_std, v = model.heads(base, pol, n_critic=k)
                 mu, v = mu.float(), v.float()
                 a = act[src]
                 logp = gaussian_log_prob(a, mu, log_std)
                 n = float(idx.numel())
-                ppo, onp = batch.is_ppo[idx], batch.is_onpolicy[idx]
-                n_ppo = ppo.sum().clamp(min=1.0)
+                pidx = idx[:k]
+                onp = batch.is_onpolicy[idx]
+                n_ppo = float(max(k, 1))
                 # clipped surrogate on PPO rows, summed and divided by the minibatch size so that
                 # PPO and coupling rows keep the paper's proportions (ALGORITHMS.md section 5)
-                surr, ratio = losses.ppo_surrogate(logp, batch.logp_old[idx], batch.adv[idx], cfg.clip_eps)
-                policy_loss = (surr * ppo).sum() / n
+                surr, ratio = losses.ppo_surrogate(logp[:k], batch.logp_old[pidx], batch.adv[pidx], cfg.clip_eps)
+                policy_loss = surr.sum() / n
                 # beta * w * (-log pi_f(a_L|s_L)) on coupling rows (weight already holds beta * w)
-                coupling = losses.coupling_loss(logp, batch.weight[idx]).sum() / n
-                vl = losses.value_loss(v, v_old_n[idx], ret_n[idx], cfg.clip_eps, cfg.clip_value)
-                value_loss = (vl * ppo).sum() / n_ppo
+                coupling = losses.coupling_loss(logp[k:], batch.weight[idx[k:]]).sum() / n
+                vl = losses.value_loss(v, v_old_n[pidx], ret_n[pidx], cfg.clip_eps, cfg.clip_value)
+                value_loss = vl.sum() / n_ppo
                 ent = gaussian_entropy(log_std)
-                entropy = (batch.ent_coef[idx] * ent * ppo).sum() / n_ppo
-                bounds = (losses.bounds_loss(mu) * ppo).sum() / n_ppo
+                entropy = (batch.ent_coef[pidx] * ent[:k]).sum() / n_ppo
+                bounds = losses.bounds_loss(mu[:k]).sum() / n_ppo
                 loss = (policy_loss + coupling + 0.5 * cfg.value_coef * value_loss - entropy
                         + cfg.bounds_coef * bounds)
                 self.optimizer.zero_grad(set_to_none=True)
@@ -306,7 +319,7 @@ class Learner:
                         new_lr = torch.where(kl > 2.0 * cfg.kl_threshold, self.lr / 1.5,
                                              torch.where(kl < 0.5 * cfg.kl_threshold, self.lr * 1.5, self.lr))
                         self.lr.copy_(new_lr.clamp(cfg.lr_min, cfg.lr_max))
-                    clipfrac = (((ratio - 1.0).abs() > cfg.clip_eps).float() * ppo).sum() / n_ppo
+                    clipfrac = ((ratio - 1.0).abs() > cfg.clip_eps).float().sum() / n_ppo
                     for key, val in (("policy", policy_loss), ("value", value_loss),
                                      ("entropy", (ent * onp).sum() / onp.sum().clamp(min=1.0)),
                                      ("coupling", coupling), ("bounds", bounds), ("approx_kl", kl),

@@ -175,17 +175,20 @@ class EnsembleActorCritic(nn.Module):
             raise RuntimeError("a recurrent model needs its LSTM state: use encode_step/encode_seq")
         return self.obs_rms.normalize(obs) if self.normalize_obs else obs
 
-    def heads(self, base: torch.Tensor, pol: torch.Tensor, critic: bool = True
+    def heads(self, base: torch.Tensor, pol: torch.Tensor, critic: bool = True,
+              n_critic: Optional[int] = None
               ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         """Rows of front-end features ``base [R, F]`` with policy ids ``pol [R]`` ->
-        (mu [R, A], log_std [R, A], normalised value [R] or None)."""
+        (mu [R, A], log_std [R, A], normalised value [R] or None). With ``n_critic`` the
+        critic runs on the first ``n_critic`` rows only (coupling rows need no value)."""
         x = torch.cat([base, self.latents[pol].to(base.dtype)], dim=-1)
         h = self.actor_trunk(x)
         mu = self.mu_head(h)
         log_std = self.log_std[pol]
         value = None
         if critic:
-            value = (self.critic(x) if self.separate_critic else self.value_head(h)).squeeze(-1)
+            k = x.shape[0] if n_critic is None else n_critic
+            value = (self.critic(x[:k]) if self.separate_critic else self.value_head(h[:k])).squeeze(-1)
         return mu, log_std, value
 
     def value_base(self, base: torch.Tensor, pol: torch.Tensor) -> torch.Tensor:

@@ -213,7 +213,7 @@ def test_lstm_minibatches_cover_every_row_once(tmp_path):
     seen = []
     N = r.storage.num_envs
     with torch.no_grad():
-        for idx, base in r.learner._minibatches(r.storage, batch):
+        for idx, base, _ in r.learner._minibatches(r.storage, batch):
             src = batch.src[idx]
             assert torch.allclose(base, feats[src // N, src % N], atol=1e-6)
             seen.append(idx)
