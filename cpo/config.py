@@ -179,6 +179,13 @@ class TrainConfig:
     """Run directory to resume from (continues its step count, LR and TensorBoard run)."""
     run_dir: Optional[str] = None
     """Where to write; None uses Hydra's output directory (or the cwd without Hydra)."""
+    nonfinite: str = "stop"
+    """NaN/inf in an env's observation or reward: stop (save the state at the start of the
+    iteration as checkpoints/last_good.pt and exit naming the env ids) | reset (reset those
+    envs, end their episodes without bootstrap, count them in perf/nonfinite_resets)."""
+    nonfinite_check: str = "step"
+    """step: check after every env step (one host sync per step; stops within one step) |
+    iteration: one check per iteration (no per-step sync; stop only)."""
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
     net: NetConfig = field(default_factory=NetConfig)
@@ -186,7 +193,8 @@ class TrainConfig:
 
 
 #: keys a resumed run may change from the command line (everything else must match)
-RESUMABLE_KEYS = ("max_iterations", "device", "torch_threads", "resume", "run_dir", "log.")
+RESUMABLE_KEYS = ("max_iterations", "device", "torch_threads", "resume", "run_dir", "log.",
+                  "nonfinite", "nonfinite_check")
 
 
 def register_configs() -> None:
@@ -221,6 +229,12 @@ def validate(cfg: TrainConfig) -> None:
     _check(cfg.max_iterations >= 1, "max_iterations", cfg.max_iterations, "must be >= 1")
     _check(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
            "device", cfg.device, "must be auto, cpu, cuda or cuda:<index>")
+    _check(cfg.nonfinite in ("stop", "reset"), "nonfinite", cfg.nonfinite, "must be stop or reset")
+    _check(cfg.nonfinite_check in ("step", "iteration"), "nonfinite_check", cfg.nonfinite_check,
+           "must be step or iteration")
+    if cfg.nonfinite == "reset":
+        _check(cfg.nonfinite_check == "step", "nonfinite_check", cfg.nonfinite_check,
+               "must be step when nonfinite=reset (envs are reset as soon as they go bad)")
     _check(cfg.torch_threads is None or cfg.torch_threads >= 1, "torch_threads",
            cfg.torch_threads, "must be >= 1 or null")
     # ---- ensemble layout

@@ -6,7 +6,7 @@ import math
 import os
 import signal
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -21,6 +21,26 @@ from cpo.rollout import Rollout
 
 class NonFiniteError(RuntimeError):
     """NaN or inf met in observations, rewards or losses; the run stopped after saving."""
+
+
+class _BadEnvs(Exception):
+    """Raised inside collect() when an env produced non-finite output (nonfinite=stop)."""
+
+    def __init__(self, ids: List[int], quantity: str, t: int) -> None:
+        super().__init__(quantity)
+        self.ids, self.quantity, self.t = ids, quantity, t
+
+
+def _nonfinite(obs: torch.Tensor, reward: torch.Tensor, final_obs: torch.Tensor):
+    """Per-env masks of non-finite observation, reward and final observation."""
+    return (~torch.isfinite(obs).all(-1), ~torch.isfinite(reward), ~torch.isfinite(final_obs).all(-1))
+
+
+def _describe(masks, names=("observation", "reward", "final observation")) -> Tuple[List[int], str]:
+    bad = masks[0] | masks[1] | masks[2]
+    ids = torch.nonzero(bad).flatten()[:20].tolist()
+    what = [n for n, m in zip(names, masks) if bool(m.any())]
+    return ids, " and ".join(what)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -100,6 +120,7 @@ class Runner:
         self.last_best_iteration = -10**9
         self.history: List[float] = []
         self.last_stats: Dict[str, float] = {}
+        self.nonfinite_resets = 0
         self.obs = self.env.reset(seed=cfg.seed)
         if resume_from is not None:
             self.load(resume_from)
@@ -118,7 +139,8 @@ class Runner:
         M = self.M
         z = lambda: torch.zeros(M, device=self.device)  # noqa: E731
         sums: Dict[str, torch.Tensor] = {"return": z(), "length": z(), "count": z()}
-        bad = torch.zeros(env.num_envs, dtype=torch.bool, device=self.device)
+        bad = [torch.zeros(env.num_envs, dtype=torch.bool, device=self.device) for _ in range(3)]
+        per_step = self.cfg.nonfinite_check == "step"
         ro.log_std.copy_(model.log_std.detach())
         if self.rnn_state is not None:
             ro.h0.copy_(self.rnn_state[0])
@@ -130,14 +152,27 @@ class Runner:
                 base, self.rnn_state = model.encode_step(self.obs, self.rnn_state)
             action, logp, mu, value = model.act(self.obs, self.pol_env, self.act_gen, base=base)
             obs, reward, term, trunc, info = env.step(action)
+            final_obs = info.get("final_obs", obs)
+            masks = _nonfinite(obs, reward, final_obs)
+            if per_step:
+                any_bad = masks[0] | masks[1] | masks[2]
+                if bool(any_bad.any()):  # the per-step host sync of the NaN guard
+                    if self.cfg.nonfinite == "stop":
+                        raise _BadEnvs(*_describe(masks), t)
+                    # reset the offending envs; their episode ends with no bootstrap
+                    obs = torch.where(any_bad.unsqueeze(-1), env.reset_envs(any_bad), obs)
+                    final_obs = torch.where(any_bad.unsqueeze(-1), obs, final_obs)
+                    reward = torch.where(any_bad, torch.zeros_like(reward), reward)
+                    term, trunc = term | any_bad, trunc & ~any_bad
+                    self.nonfinite_resets += int(any_bad.sum())
+            else:
+                bad = [b | m for b, m in zip(bad, masks)]
             if self.rnn_state is not None:  # a new episode starts from a zero memory
                 keep = (~(term | trunc)).float().unsqueeze(-1)
                 self.rnn_state = (self.rnn_state[0] * keep, self.rnn_state[1] * keep)
             ro.actions[t], ro.logp[t], ro.mu[t], ro.values[t] = action, logp, mu, value
             ro.rewards[t], ro.terminated[t], ro.truncated[t] = reward, term, trunc
-            ro.final_obs[t] = info.get("final_obs", obs)
-            # NaN/inf guard, checked on the host once per iteration
-            bad |= ~torch.isfinite(obs).all(-1) | ~torch.isfinite(reward)
+            ro.final_obs[t] = final_obs
             # episode bookkeeping per block, without host syncs
             self.ep_ret += torch.nan_to_num(reward)
             self.ep_len += 1
@@ -153,7 +188,8 @@ class Runner:
             self.ep_len *= 1.0 - done
             self.obs = obs
         ro.obs[ro.horizon] = self.obs
-        sums["_bad"] = bad
+        if not per_step and bool((bad[0] | bad[1] | bad[2]).any()):  # once per iteration
+            raise _BadEnvs(*_describe(bad), ro.horizon - 1)
         return sums
 
     # ---- one iteration ----------------------------------------------------------------------
@@ -161,14 +197,17 @@ class Runner:
         """Collect, update, and return the iteration's scalar statistics (one host sync)."""
         cfg = self.cfg
         t0 = time.perf_counter()
-        sums = self.collect()
-        bad = sums.pop("_bad")
-        if bool(bad.any()):
-            ids = torch.nonzero(bad).flatten()[:20].tolist()
-            path = self.save(tag="last_good")
+        snapshot = self._snapshot()
+        try:
+            sums = self.collect()
+        except _BadEnvs as bad:
+            path = os.path.join(self.run_dir, "checkpoints", "last_good.pt")
+            ckpt.save(self.state(snapshot), path)
             raise NonFiniteError(
-                f"non-finite observation or reward from env ids {ids} at iteration {self.iteration} "
-                f"(env steps {self.env_steps}); last good state saved to {path}")
+                f"non-finite {bad.quantity} from env ids {bad.ids} at iteration {self.iteration}, "
+                f"rollout step {bad.t} (env steps {self.env_steps + bad.t * self.env.num_envs}); "
+                f"the state at the start of the iteration is saved to {path} "
+                f"(resume from it, or set nonfinite=reset to reset such envs and continue)") from None
         t1 = time.perf_counter()
         batch = self.learner.build_batch(self.storage, has_final_obs=self.env.has_final_obs)
         diag = self.learner.diagnostics(self.storage, cfg.log.diag_samples)
@@ -237,6 +276,8 @@ class Runner:
         out["perf/learn_s"] = t2 - t1
         out["perf/sps"] = steps / max(t2 - t0, 1e-9)
         out["perf/env_steps"] = float(self.env_steps)
+        if self.cfg.nonfinite == "reset":
+            out["perf/nonfinite_resets"] = float(self.nonfinite_resets)
         self.last_stats = out
         return out
 
@@ -300,8 +341,25 @@ class Runner:
             self.save(path=os.path.join(self.run_dir, "checkpoints", "best.pt"))
 
     # ---- checkpoints --------------------------------------------------------------------
-    def state(self) -> Dict[str, Any]:
-        """Everything needed to continue exactly (tensors and plain containers only)."""
+    def _snapshot(self) -> Dict[str, Any]:
+        """Copies of what collect() changes (env, observations, episode counters, RNG streams),
+        taken at the start of an iteration so a failed rollout can still save a good state."""
+        return {"env": {k: v.clone() for k, v in self.env.state_dict().items()},
+                "obs": self.obs.clone(), "ep_ret": self.ep_ret.clone(), "ep_len": self.ep_len.clone(),
+                "act_gen": self.act_gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "rnn_state": [x.clone() for x in self.rnn_state] if self.rnn_state is not None else []}
+
+    def state(self, snapshot: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """Everything needed to continue exactly (tensors and plain containers only); with a
+        ``snapshot`` the rollout-side parts come from it (the start of the iteration)."""
+        out = self._state()
+        if snapshot is not None:
+            out["env"] = snapshot["env"]
+            for key in ("obs", "ep_ret", "ep_len", "act_gen", "torch_rng", "rnn_state"):
+                out["runner"][key] = snapshot[key]
+        return out
+
+    def _state(self) -> Dict[str, Any]:
         return {
             "format": ckpt.FORMAT_VERSION,
             "config": self.config_yaml,
@@ -316,6 +374,7 @@ class Runner:
                 "ep_ret": self.ep_ret.clone(), "ep_len": self.ep_len.clone(),
                 "last_stats": dict(self.last_stats),
                 "rnn_state": list(self.rnn_state) if self.rnn_state is not None else [],
+                "nonfinite_resets": self.nonfinite_resets,
             },
         }
 
@@ -349,6 +408,7 @@ class Runner:
         self.last_stats = {k: float(v) for k, v in r["last_stats"].items()}
         if self.rnn_state is not None:
             self.rnn_state = (r["rnn_state"][0].to(self.device), r["rnn_state"][1].to(self.device))
+        self.nonfinite_resets = int(r.get("nonfinite_resets", 0))
 
 
 def _entropies(log_std: torch.Tensor) -> torch.Tensor:

@@ -71,6 +71,11 @@ class VecEnv(abc.ABC):
         """Full simulator state (tensors only) for exact resume; empty if unsupported."""
         return {}
 
+    def reset_envs(self, mask: torch.Tensor) -> torch.Tensor:
+        """Reset the envs where ``mask [num_envs]`` is true and return the full ``obs`` (used
+        to recover from non-finite simulator output); optional for a backend."""
+        raise NotImplementedError(f"{type(self).__name__} cannot reset single envs; use nonfinite=stop")
+
     def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
         """Restore a state from :meth:`state_dict`; a no-op when unsupported."""
 
@@ -143,6 +148,13 @@ class BatchedTask(VecEnv):
         obs = self.observe(self.state)
         info: Dict[str, Any] = {"final_obs": final_obs, "log": log}
         return obs, reward, terminated, truncated, info
+
+    def reset_envs(self, mask: torch.Tensor) -> torch.Tensor:
+        """Fresh initial states for the rows in ``mask``; returns the observation of all envs."""
+        fresh = self.sample_init(self.num_envs)
+        self.state = torch.where(mask.unsqueeze(-1), fresh, self.state)
+        self.t = torch.where(mask, torch.zeros_like(self.t), self.t)
+        return self.observe(self.state)
 
     def state_dict(self) -> Dict[str, torch.Tensor]:
         """Simulator state, step counters and generator state: enough for exact resume."""

@@ -47,3 +47,38 @@ class LineParams:
 registry.register("test_line", registry.TaskSpec(
     factory=LineTask, params=LineParams, max_episode_steps=20, solved_return=-3.0,
     description="test-only point on a line"))
+
+
+class NaNLineTask(LineTask):
+    """LineTask whose envs ``bad_ids`` return a NaN observation at env step ``nan_step``
+    (counted from construction) and every ``nan_every`` steps after it (0: once)."""
+
+    def __init__(self, num_envs: int, device="cpu", seed: int = 0, max_episode_steps: int = 20,
+                 dim: int = 2, nan_step: int = 5, nan_every: int = 0, bad_ids: tuple = (3, 7)) -> None:
+        self.nan_step, self.nan_every, self.bad_ids = nan_step, nan_every, list(bad_ids)
+        self.steps = 0
+        super().__init__(num_envs, device, seed, max_episode_steps, dim)
+
+    def step(self, action):
+        obs, reward, term, trunc, info = super().step(action)
+        self.steps += 1
+        k = self.steps - self.nan_step
+        if k == 0 or (self.nan_every and k > 0 and k % self.nan_every == 0):
+            obs = obs.clone()
+            obs[self.bad_ids, 0] = float("nan")
+        return obs, reward, term, trunc, info
+
+
+@dataclass
+class NaNLineParams(LineParams):
+    """Parameters of the NaN-injecting test task."""
+
+    nan_step: int = 5
+    """Env step at which the bad envs first return NaN."""
+    nan_every: int = 0
+    """Repeat the injection every this many steps (0: once)."""
+
+
+registry.register("test_nan_line", registry.TaskSpec(
+    factory=NaNLineTask, params=NaNLineParams, max_episode_steps=20, solved_return=-3.0,
+    description="test-only line task that injects NaN observations"))

@@ -3,6 +3,7 @@ checkpoint safety, evaluation and export."""
 from __future__ import annotations
 
 import copy
+import math
 import os
 import pickle
 
@@ -132,24 +133,57 @@ def test_keep_last_and_best(tmp_path):
     assert names == ["best.pt", "ckpt_000010.pt", "ckpt_000012.pt"]
 
 
-def test_nonfinite_env_stops_with_ids(tmp_path, monkeypatch):
-    """A NaN observation stops the run naming the env ids and saving the last good state."""
+def test_nonfinite_env_stops_within_one_step_with_ids(tmp_path):
+    """An env that returns NaN at step 13 (iteration 1, rollout step 5) stops the run at that
+    step, naming the env ids and the quantity, after saving the state at the start of the
+    iteration; that checkpoint loads and continues."""
     from cpo.runner import NonFiniteError
 
-    r = Runner(small_cfg("ppo", iters=3), str(tmp_path / "r"))
-    original = r.env.step
-
-    def poisoned(action):
-        obs, rew, term, trunc, info = original(action)
-        obs = obs.clone()
-        obs[5, 0] = float("nan")
-        return obs, rew, term, trunc, info
-
-    monkeypatch.setattr(r.env, "step", poisoned)
-    with pytest.raises(NonFiniteError, match=r"env ids \[5\]") as err:
+    cfg = small_cfg("ppo", iters=3)
+    cfg.env.name, cfg.env.params = "test_nan_line", {"nan_step": 13}
+    r = Runner(cfg, str(tmp_path / "r"))
+    r.step()
+    good = params(r).clone()
+    with pytest.raises(NonFiniteError, match=r"non-finite observation from env ids \[3, 7\] at iteration 1, "
+                                             r"rollout step 4") as err:
         r.step()
     assert "last_good.pt" in str(err.value)
-    ckpt.load(str(tmp_path / "r" / "checkpoints" / "last_good.pt"))
+    payload = ckpt.load(str(tmp_path / "r" / "checkpoints" / "last_good.pt"))
+    assert payload["runner"]["iteration"] == 1
+    assert torch.equal(torch.cat([v.flatten() for k, v in payload["model"].items()
+                                  if not k.startswith(("obs_rms", "value_rms"))]), good)
+    assert torch.isfinite(payload["runner"]["obs"]).all()
+    fresh = Runner(cfg, str(tmp_path / "r2"), resume_from=str(tmp_path / "r" / "checkpoints" / "last_good.pt"))
+    assert fresh.iteration == 1 and torch.equal(fresh.obs, payload["runner"]["obs"])
+
+
+def test_nonfinite_iteration_check_names_reward_or_obs(tmp_path):
+    """With nonfinite_check=iteration the same failure is caught at the end of the rollout."""
+    from cpo.runner import NonFiniteError
+
+    cfg = small_cfg("ppo", iters=3)
+    cfg.env.name, cfg.env.params = "test_nan_line", {"nan_step": 3}
+    cfg.nonfinite_check = "iteration"
+    r = Runner(cfg, str(tmp_path / "r"))
+    with pytest.raises(NonFiniteError, match=r"env ids \[3, 7\] at iteration 0"):
+        r.step()
+
+
+def test_nonfinite_reset_policy_continues_and_counts(tmp_path):
+    """nonfinite=reset resets the offending envs, keeps every stored number finite, trains on,
+    and counts the resets: injections at env steps 2, 9 and 16 (2 envs each) fall one in the
+    first 8-step rollout and two in the second."""
+    cfg = small_cfg("sapg", iters=3)
+    cfg.env.name, cfg.env.params = "test_nan_line", {"nan_step": 2, "nan_every": 7}
+    cfg.nonfinite = "reset"
+    r = Runner(cfg, str(tmp_path / "r"))
+    out = r.step()
+    assert out["perf/nonfinite_resets"] == 2
+    for name in ("obs", "final_obs", "rewards", "values", "logp"):
+        assert torch.isfinite(getattr(r.storage, name)).all(), name
+    out = r.step()
+    assert out["perf/nonfinite_resets"] == 2 * 3
+    assert all(math.isfinite(out[k]) for k in ("losses/policy", "losses/value"))
 
 
 def test_eval_and_export(tmp_path):
