@@ -293,6 +293,9 @@ def validate(cfg: TrainConfig) -> None:
         _check(len(tiers) == M - 1, "algo.lambda_f_tiers", tiers,
                f"needs one value per follower (num_policies-1={M - 1})")
         _check(all(t > 0 for t in tiers), "algo.lambda_f_tiers", tiers, "values must be > 0")
+    if a.beta_adapt:
+        _check(a.beta > 0 and M >= 2, "algo.beta", a.beta,
+               "must be > 0 with algo.beta_adapt=true (dual ascent adapts beta multiplicatively) and M >= 2")
     if a.lambda_adv > 0:
         _check(M >= 2, "algo.lambda_adv", a.lambda_adv, "needs algo.num_policies >= 2")
     # ---- network
