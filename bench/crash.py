@@ -9,6 +9,8 @@ load its newest checkpoint with weights_only=True and resume for one more iterat
 """
 from __future__ import annotations
 
+import os
+
 import argparse
 import random
 import subprocess
@@ -16,6 +18,7 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import ROOT, emit, machine
 
 FAST = ["algo=ppo", "env=cartpole", "env.num_envs=60", "algo.horizon=16", "algo.num_epochs=1",

@@ -11,12 +11,16 @@ lambda_f. Prints JSON.
 """
 from __future__ import annotations
 
+import os
+import sys
+
 import argparse
 import statistics
 import tempfile
 import time
 from typing import Any, Dict, List
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import compose, emit, machine
 
 
@@ -75,8 +79,13 @@ def main() -> None:
     p.add_argument("--threshold", type=float, default=0.9)
     p.add_argument("--lambdas", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.5])
     p.add_argument("--algos", nargs="+", default=["ppo", "sapg", "cpo"])
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--out", default="")
     args = p.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     result: Dict[str, Any] = {"benchmark": "ensemble", "env": args.env, "iters": args.iters,
                               "threshold": args.threshold, "machine": machine(), "algos": {}}
     for algo in args.algos:

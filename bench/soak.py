@@ -7,11 +7,15 @@ window after warm-up), both in percent. Targets: growth <= 5 %, drift <= 10 %.
 """
 from __future__ import annotations
 
+import os
+import sys
+
 import argparse
 import statistics
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import compose, emit, machine
 
 

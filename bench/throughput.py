@@ -8,12 +8,16 @@ one warm-up iteration. Prints JSON.
 """
 from __future__ import annotations
 
+import os
+import sys
+
 import argparse
 import tempfile
 import time
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import compose, emit, machine
 
 
@@ -68,8 +72,13 @@ def main() -> None:
     p.add_argument("--algo", default="ppo")
     p.add_argument("--device", default="cpu")
     p.add_argument("--train-iters", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--out", default="")
     args = p.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     conf_envs = {f[:-5] for f in os.listdir(os.path.join(os.path.dirname(__file__), "..", "conf", "env"))}
     tasks = args.tasks or [t for t in registry.names() if t in conf_envs]
     rows = []
