@@ -1,5 +1,5 @@
 """Evaluate a trained run: ``python eval.py run=<run dir> [episodes=100] [stochastic=false]
-[policy=0] [checkpoint=best|latest|<file>] [export=<file.pt>] [device=cpu] [seed=12345]``.
+[policy=0] [checkpoint=latest|best|<file>] [export=<file.pt>] [device=cpu] [seed=12345]``.
 
 Prints mean +- std episode return and the success rate over ``episodes`` episodes, and
 optionally exports the deterministic policy as TorchScript.
@@ -32,7 +32,7 @@ def main(argv: List[str]) -> Dict[str, float]:
     args = parse(argv)
     truthy = ("1", "true", "yes", "on")
     device = args.get("device", "cpu")
-    path = find_checkpoint(args["run"], args.get("checkpoint", "best"))
+    path = find_checkpoint(args["run"], args.get("checkpoint", "latest"))
     model, cfg = load_policy(path, device=device)
     policy = int(args.get("policy", 0))
     res = evaluate(model, cfg, episodes=int(args.get("episodes", 100)),
