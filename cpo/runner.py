@@ -1,7 +1,6 @@
 """The training loop: collect, learn, log, checkpoint, handle signals and bad numbers."""
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import signal
@@ -13,9 +12,9 @@ import torch
 
 from cpo import checkpoint as ckpt
 from cpo.config import TrainConfig, flatten, to_dict
-from cpo.learner import Learner
+from cpo.learner import Learner, lambda_f_at
 from cpo.logger import Logger
-from cpo.nets import EnsembleActorCritic
+from cpo.nets import EnsembleActorCritic, gaussian_entropy
 from cpo.rollout import Rollout
 
 
@@ -251,7 +250,7 @@ class Runner:
                     tag = f"{prefix}{name}"
                     if tag in self.last_stats:
                         out[tag] = self.last_stats[tag]
-        ent = _entropies(self.model.log_std.detach().cpu())
+        ent = gaussian_entropy(self.model.log_std.detach().cpu())
         for m in range(self.M):
             out[f"rollout/policy_{m}/entropy"] = float(ent[m])
         if "ess_overall" in host:
@@ -269,8 +268,6 @@ class Runner:
         out["train/lr"] = float(self.learner.lr)
         if self.M > 1:
             out["train/beta"] = float(self.learner.beta[1:].mean())
-            from cpo.learner import lambda_f_at
-
             out["train/lambda_f"] = float(lambda_f_at(cfg.algo, (self.iteration - 1) / max(cfg.max_iterations - 1, 1)).mean())
         out["perf/collect_s"] = t1 - t0
         out["perf/learn_s"] = t2 - t1
@@ -410,8 +407,3 @@ class Runner:
             self.rnn_state = (r["rnn_state"][0].to(self.device), r["rnn_state"][1].to(self.device))
         self.nonfinite_resets = int(r.get("nonfinite_resets", 0))
 
-
-def _entropies(log_std: torch.Tensor) -> torch.Tensor:
-    from cpo.nets import gaussian_entropy
-
-    return gaussian_entropy(log_std)

@@ -27,7 +27,7 @@ environments anywhere on the step path.
 from __future__ import annotations
 
 import abc
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, Union
 
 import gymnasium as gym
 import numpy as np
@@ -167,7 +167,10 @@ class BatchedTask(VecEnv):
         self.t = state["t"].to(self.device).clone()
         self.gen.set_state(state["gen"].cpu())
 
-    def uniform(self, n: int, dim: int, low: float, high: float) -> torch.Tensor:
-        """``[n, dim]`` uniform samples in ``[low, high)`` from the task's generator."""
-        u = torch.rand(n, dim, generator=self.gen, device=self.device)
+    def rand(self, n: int, dim: int, low: Union[float, torch.Tensor] = 0.0,
+             high: Union[float, torch.Tensor] = 1.0) -> torch.Tensor:
+        """``[n, dim]`` uniform samples in ``[low, high)`` (per column if tensors) from the
+        task's generator, in the task's ``dtype`` (float32 unless the task sets one)."""
+        dtype = getattr(self, "dtype", torch.float32)
+        u = torch.rand(n, dim, generator=self.gen, device=self.device, dtype=dtype)
         return low + (high - low) * u

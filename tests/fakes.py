@@ -24,7 +24,7 @@ class LineTask(BatchedTask):
         super().__init__(num_envs, device, seed, max_episode_steps)
 
     def sample_init(self, n: int) -> torch.Tensor:
-        return self.uniform(n, self.dim, -1.0, 1.0)
+        return self.rand(n, self.dim, -1.0, 1.0)
 
     def dynamics(self, state: torch.Tensor, action: torch.Tensor
                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:

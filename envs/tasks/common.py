@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Sequence, Tuple
 
 import gymnasium as gym
 import numpy as np
@@ -78,12 +78,6 @@ class Task(BatchedTask):
                                                 np.asarray(obs_high, np_dtype), dtype=np_dtype)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (act_dim,), np.float32)
         super().__init__(num_envs, device=device, seed=seed, max_episode_steps=max_episode_steps)
-
-    def rand(self, n: int, dim: int, low: Union[float, torch.Tensor] = 0.0,
-             high: Union[float, torch.Tensor] = 1.0) -> torch.Tensor:
-        """``[n, dim]`` uniform samples in ``[low, high)`` (per column if tensors), task dtype."""
-        u = torch.rand(n, dim, generator=self.gen, device=self.device, dtype=self.dtype)
-        return low + (high - low) * u
 
     def tensor(self, values: Any) -> torch.Tensor:
         """``values`` as a tensor of the task's dtype on its device."""
