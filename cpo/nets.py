@@ -225,13 +225,35 @@ class EnsembleActorCritic(nn.Module):
         return self.value_rms.scale(v) if self.normalize_value else v
 
     @torch.no_grad()
+    def noise(self, n: int, generator: Optional[torch.Generator] = None,
+              device: Optional[torch.device] = None) -> torch.Tensor:
+        """Standard normal exploration noise ``[n, A]`` (float32) drawn from ``generator``;
+        drawn outside :meth:`sample_from` so that the latter is a pure function that
+        ``torch.compile`` and CUDA-graph capture can take whole (``cpo/fast.py``)."""
+        return torch.randn((n, self.act_dim), generator=generator,
+                           device=device if device is not None else self.log_std.device)
+
+    def sample_from(self, base: torch.Tensor, pol: torch.Tensor, eps: torch.Tensor
+                    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Pure policy step from front-end features: ``a = mu + sigma * eps``; returns
+        (action, log_prob, mu, value in reward units)."""
+        mu, log_std, v = self.heads(base, pol)
+        action = mu + torch.exp(log_std) * eps.to(mu.dtype)  # reparameterised Gaussian sample
+        logp = gaussian_log_prob(action, mu, log_std)
+        return action, logp, mu, self.denorm_value(v)
+
+    def policy_step(self, obs: torch.Tensor, pol: torch.Tensor, eps: torch.Tensor
+                    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Pure feed-forward policy step on raw ``obs`` with given noise ``eps`` (the unit
+        that the rollout fast paths compile or capture)."""
+        return self.sample_from(self.embed(obs), pol, eps)
+
     def act(self, obs: torch.Tensor, pol: torch.Tensor, generator: Optional[torch.Generator] = None,
             base: Optional[torch.Tensor] = None
             ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sample a ~ pi_pol(.|obs): returns (action, log_prob, mu, value in reward units).
         Recurrent models pass their LSTM features as ``base``."""
-        mu, log_std, v = self.heads(self.embed(obs) if base is None else base, pol)
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-        action = mu + torch.exp(log_std) * eps
-        logp = gaussian_log_prob(action, mu, log_std)
-        return action, logp, mu, self.denorm_value(v)
+        eps = self.noise(obs.shape[0], generator, obs.device)
+        if base is None:
+            return self.policy_step(obs, pol, eps)
+        return self.sample_from(base, pol, eps)
