@@ -164,6 +164,21 @@ class LogConfig:
 
 
 @dataclass
+class PerfConfig:
+    """Optional fast paths (cpo/fast.py). Each computes the same function as the eager
+    default, up to floating-point reassociation; tests/test_fast.py checks this on CPU."""
+
+    compile: str = "none"
+    """torch.compile: none | policy (the rollout policy step) | update (the minibatch
+    forward of the update) | all. Costs a one-time compile (tens of seconds) per shape."""
+    cuda_graphs: bool = False
+    """Capture the rollout policy step in a CUDA graph and replay it every env step (one
+    launch instead of dozens); needs a CUDA device and a feed-forward network."""
+    fused_adam: Optional[bool] = None
+    """Fused Adam kernel: None = on for CUDA, off for CPU; true/false force it."""
+
+
+@dataclass
 class TrainConfig:
     """Top-level training job."""
 
@@ -190,10 +205,11 @@ class TrainConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     net: NetConfig = field(default_factory=NetConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
 
 
 #: keys a resumed run may change from the command line (everything else must match)
-RESUMABLE_KEYS = ("max_iterations", "device", "torch_threads", "resume", "run_dir", "log.",
+RESUMABLE_KEYS = ("max_iterations", "device", "torch_threads", "resume", "run_dir", "log.", "perf.",
                   "nonfinite", "nonfinite_check")
 
 
@@ -237,6 +253,12 @@ def validate(cfg: TrainConfig) -> None:
                "must be step when nonfinite=reset (envs are reset as soon as they go bad)")
     _check(cfg.torch_threads is None or cfg.torch_threads >= 1, "torch_threads",
            cfg.torch_threads, "must be >= 1 or null")
+    _check(cfg.perf.compile in ("none", "policy", "update", "all"), "perf.compile", cfg.perf.compile,
+           "must be none, policy, update or all")
+    _check(not (cfg.perf.cuda_graphs and cfg.device == "cpu"), "perf.cuda_graphs", cfg.perf.cuda_graphs,
+           "needs a CUDA device (device=cpu)")
+    _check(not (cfg.perf.cuda_graphs and cfg.net.rnn_hidden > 0), "perf.cuda_graphs", cfg.perf.cuda_graphs,
+           f"captures the feed-forward policy step only (net.rnn_hidden={cfg.net.rnn_hidden})")
     # ---- ensemble layout
     M = a.num_policies
     _check(M >= 1, "algo.num_policies", M, "must be >= 1")

@@ -22,8 +22,8 @@ from typing import Dict, Optional
 
 import torch
 
-from cpo import losses
-from cpo.config import AlgoConfig, num_offpolicy_blocks
+from cpo import fast, losses
+from cpo.config import AlgoConfig, PerfConfig, num_offpolicy_blocks
 from cpo.diagnostics import kl_matrix, mean_abs_deviation, relative_ess
 from cpo.discriminator import Discriminator
 from cpo.nets import EnsembleActorCritic, gaussian_entropy, gaussian_log_prob
@@ -80,15 +80,19 @@ class Learner:
     """Owns the optimiser, the adaptive LR, the coupling weight beta and the discriminator."""
 
     def __init__(self, model: EnsembleActorCritic, cfg: AlgoConfig, num_envs: int,
-                 device: torch.device, max_iterations: int, seed: int = 0) -> None:
+                 device: torch.device, max_iterations: int, seed: int = 0,
+                 perf: Optional[PerfConfig] = None) -> None:
         self.model, self.cfg, self.device = model, cfg, device
         self.M, self.N = cfg.num_policies, num_envs
         self.B = num_envs // cfg.num_policies
         self.max_iterations = max_iterations
         # the learning rate lives on the device so the adaptive rule needs no host sync
         self.lr = torch.tensor(cfg.lr, dtype=torch.float32, device=device)
-        fused = device.type == "cuda"
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=self.lr, fused=fused or None)
+        perf = perf if perf is not None else PerfConfig()
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=self.lr,
+                                          fused=fast.use_fused_adam(perf, device) or None)
+        # the minibatch forward (heads; AOTAutograd compiles its backward with it)
+        self.heads = fast.compiled(model.heads, perf.compile in ("update", "all"))
         self.gen = torch.Generator(device=device).manual_seed(seed + 7919)
         self.beta = torch.full((self.M,), float(cfg.beta), device=device)
         self.beta[0] = 0.0  # the leader has no coupling term
@@ -286,7 +290,7 @@ class Learner:
                 with self._autocast():
                     if base is None:
                         base = model.embed(obs[src])
-                    mu, log_std, v = model.heads(base, pol, n_critic=k)
+                    mu, log_std, v = self.heads(base, pol, n_critic=k)
                 mu, v = mu.float(), v.float()
                 a = act[src]
                 logp = gaussian_log_prob(a, mu, log_std)

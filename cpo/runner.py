@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from cpo import checkpoint as ckpt
+from cpo import fast
 from cpo.config import TrainConfig, flatten, to_dict
 from cpo.learner import Learner, lambda_f_at
 from cpo.logger import Logger
@@ -104,7 +105,8 @@ class Runner:
         self.env = registry.make(cfg.env, device=self.device, seed=cfg.seed)
         self.model = build_model(cfg, self.env.obs_dim, self.env.act_dim).to(self.device)
         self.learner = Learner(self.model, cfg.algo, self.env.num_envs, self.device,
-                               cfg.max_iterations, seed=cfg.seed)
+                               cfg.max_iterations, seed=cfg.seed, perf=cfg.perf)
+        self._policy_step = fast.policy_step(self.model, cfg.perf, self.device)
         N, M, T = self.env.num_envs, cfg.algo.num_policies, cfg.algo.horizon
         self.M, self.B = M, N // M
         self.pol_env = torch.arange(N, device=self.device) // self.B
@@ -146,10 +148,12 @@ class Runner:
             ro.c0.copy_(self.rnn_state[1])
         for t in range(ro.horizon):
             ro.obs[t] = self.obs
-            base = None
             if self.rnn_state is not None:
                 base, self.rnn_state = model.encode_step(self.obs, self.rnn_state)
-            action, logp, mu, value = model.act(self.obs, self.pol_env, self.act_gen, base=base)
+                action, logp, mu, value = model.act(self.obs, self.pol_env, self.act_gen, base=base)
+            else:  # the pure step (eager, compiled or CUDA-graph replayed: cpo/fast.py)
+                eps = model.noise(env.num_envs, self.act_gen, self.device)
+                action, logp, mu, value = self._policy_step(self.obs, self.pol_env, eps)
             obs, reward, term, trunc, info = env.step(action)
             final_obs = info.get("final_obs", obs)
             masks = _nonfinite(obs, reward, final_obs)
