@@ -1,8 +1,11 @@
 """Evaluate a trained run: ``python eval.py run=<run dir> [episodes=100] [stochastic=false]
-[policy=0] [checkpoint=latest|best|<file>] [export=<file.pt>] [device=cpu] [seed=12345]``.
+[policy=0] [checkpoint=latest|best|<file>] [export=<file.pt>] [device=cpu] [seed=12345]
+[video=false] [video_episodes=3] [video_path=<run>/videos/policy<k>.mp4] [video_fps=<env's>]``.
 
 Prints mean +- std episode return and the success rate over ``episodes`` episodes, and
-optionally exports the deterministic policy as TorchScript.
+optionally exports the deterministic policy as TorchScript and, with ``video=true``, writes
+an MP4 of ``video_episodes`` consecutive episodes (needs ``pip install -e ".[video]"`` and a
+task that renders: every embedded task, or a gymnasium env with an OpenGL context).
 """
 from __future__ import annotations
 
@@ -13,7 +16,8 @@ from typing import Dict, List
 
 def parse(argv: List[str]) -> Dict[str, str]:
     """``key=value`` arguments (Hydra style) -> dict; unknown keys fail naming the valid ones."""
-    valid = {"run", "episodes", "stochastic", "policy", "checkpoint", "export", "device", "seed", "json"}
+    valid = {"run", "episodes", "stochastic", "policy", "checkpoint", "export", "device", "seed", "json",
+             "video", "video_episodes", "video_path", "video_fps"}
     args: Dict[str, str] = {}
     for a in argv:
         key, sep, value = a.partition("=")
@@ -27,7 +31,7 @@ def parse(argv: List[str]) -> Dict[str, str]:
 
 def main(argv: List[str]) -> Dict[str, float]:
     """CLI body; returns the summary dict."""
-    from cpo.evaluate import evaluate, export_torchscript, find_checkpoint, load_policy
+    from cpo.evaluate import evaluate, export_torchscript, find_checkpoint, load_policy, record_video
 
     args = parse(argv)
     truthy = ("1", "true", "yes", "on")
@@ -47,6 +51,17 @@ def main(argv: List[str]) -> Dict[str, float]:
     print(line)
     if "export" in args:
         print(f"exported TorchScript to {export_torchscript(model, args['export'], policy)}")
+    if args.get("video", "false").lower() in truthy:
+        import os
+
+        out = args.get("video_path") or os.path.join(args["run"], "videos", f"policy{policy}.mp4")
+        vid = record_video(model, cfg, out, episodes=int(args.get("video_episodes", 3)),
+                           stochastic=args.get("stochastic", "false").lower() in truthy,
+                           policy=policy, seed=int(args.get("seed", 12345)), device=device,
+                           fps=float(args["video_fps"]) if "video_fps" in args else None)
+        summary["video"] = vid["path"]
+        print(f"wrote {vid['frames']} frames ({vid['size'][1]}x{vid['size'][0]}, "
+              f"{len(vid['episode_lengths'])} episodes) to {vid['path']}")
     if args.get("json", "false").lower() in truthy:
         print(json.dumps(summary))
     return summary

@@ -2,12 +2,61 @@
 
 Sweeps: ``python train.py -m algo.lambda_f=0.05,0.1,0.2,0.5 algo.beta=1e-4,1e-3 seed=0,1,2``.
 Resume: ``python train.py resume=<run dir> [max_iterations=...]``.
+Several processes: ``torchrun --nproc_per_node 4 train.py ...`` (README: Scaling out).
 """
 from __future__ import annotations
 
-import hydra
+import os
+import sys
+from typing import List, Optional
 
-from cpo.app import main_entry
+
+def _env_name(path: str, depth: int = 0) -> Optional[str]:
+    """``env.name`` set by the YAML file ``path`` or by the same-folder presets it lists in its
+    ``defaults`` (None if none does). Reads YAML only: nothing here imports torch."""
+    import yaml  # PyYAML, OmegaConf's own dependency
+
+    if depth > 8 or not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    env = data.get("env")
+    if isinstance(env, dict) and "name" in env:
+        return str(env["name"])
+    for entry in data.get("defaults") or []:
+        if isinstance(entry, str) and entry != "_self_":  # a preset of the same group
+            name = _env_name(os.path.join(os.path.dirname(path), entry + ".yaml"), depth + 1)
+            if name is not None:
+                return name
+    return None
+
+
+def isaacgym_requested(argv: List[str]) -> bool:
+    """True when the command line selects the Isaac Gym backend: ``env.name=isaacgym`` (which
+    decides when given), or an ``experiment=`` / ``env=`` preset or the ``resume=`` run whose
+    ``env.name`` is isaacgym."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    explicit, preset = None, False
+    for arg in argv[1:]:
+        key, _, value = arg.lstrip("+~").partition("=")
+        if key == "env.name":
+            explicit = value == "isaacgym"
+        elif key in ("experiment", "env"):
+            preset = preset or _env_name(os.path.join(here, "conf", key, value + ".yaml")) == "isaacgym"
+        elif key == "resume":
+            preset = preset or _env_name(os.path.join(value, "resolved_config.yaml")) == "isaacgym"
+    return explicit if explicit is not None else preset
+
+
+if isaacgym_requested(sys.argv):  # Isaac Gym must be imported before torch (envs/isaacgym.py)
+    try:
+        import isaacgym  # noqa: F401
+    except ImportError:
+        pass  # envs/isaacgym.py then says what to install
+
+import hydra  # noqa: E402  (after the Isaac Gym import above)
+
+from cpo.app import main_entry, rank_argv  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -17,4 +66,5 @@ def main(cfg) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv = rank_argv(sys.argv)  # torchrun ranks > 0 write nothing of Hydra's
     main()

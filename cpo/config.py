@@ -138,7 +138,9 @@ class EnvConfig:
     name: str = "cartpole"
     """Registered task name (see envs/registry.py)."""
     num_envs: int = 1024
-    """N, parallel environments; divisible by algo.num_policies (>= 1)."""
+    """N, parallel environments; divisible by algo.num_policies (>= 1). Under torchrun it is
+    the global count over all processes (divisible by WORLD_SIZE * algo.num_policies): each
+    rank steps N / WORLD_SIZE envs, an equal share of every policy's block."""
     max_episode_steps: Optional[int] = None
     """Time limit in env steps; None keeps the task's default."""
     params: Dict[str, Any] = field(default_factory=dict)
@@ -178,6 +180,75 @@ class PerfConfig:
     """Fused Adam kernel: None = on for CUDA, off for CPU; true/false force it."""
 
 
+#: hyperparameters PBT may evolve (``pbt.mutate``): how the explore step perturbs each, and the
+#: range it is clamped to. ``scale`` multiplies or divides the value itself; ``horizon``
+#: multiplies or divides 1 - value (the effective horizon 1 / (1 - gamma) scales, and the value
+#: stays below 1). The learning rate's range is [algo.lr_min, algo.lr_max].
+PBT_HYPERPARAMS: Dict[str, Any] = {
+    "lr": ("scale", None, None),
+    "entropy_coef": ("scale", 1e-6, 0.1),
+    "clip_eps": ("scale", 0.02, 0.5),
+    "value_coef": ("scale", 0.1, 10.0),
+    "gamma": ("horizon", 0.8, 0.9999),
+    "gae_lambda": ("horizon", 0.5, 0.999),
+}
+
+
+def pbt_range(algo: "AlgoConfig", key: str) -> "tuple":
+    """``(kind, low, high)`` of an evolvable hyperparameter (see :data:`PBT_HYPERPARAMS`)."""
+    kind, low, high = PBT_HYPERPARAMS[key]
+    if key == "lr":
+        low, high = algo.lr_min, algo.lr_max
+    return kind, float(low), float(high)
+
+
+@dataclass
+class PBTConfig:
+    """Population-based training (ALGORITHMS.md section 7; cpo/pbt.py): a population of
+    independent PPO learners, each with its own env block, weights, normalisers, optimiser and
+    hyperparameters; every ``interval_steps`` the bottom fraction copies a top member and
+    perturbs the copied hyperparameters. Off (the ensemble learner) when ``population`` is 0."""
+
+    population: int = 0
+    """P, members trained in this process (stacked, one batched forward); 0 = PBT off. Must
+    divide env.num_envs; population * num_workers >= 2."""
+    interval_steps: int = 100000
+    """Env steps of this process (all its envs) between exploit/explore rounds
+    (>= algo.horizon * env.num_envs, i.e. at least one iteration)."""
+    bottom_fraction: float = 0.25
+    """Fraction of the ranked population that may copy a top member each round, in (0, 0.5];
+    at least one member."""
+    top_fraction: float = 0.25
+    """Fraction of the ranked population that members copy from, in (0, 0.5]; at least one."""
+    threshold: float = 0.1
+    """A bottom member copies only when the gap to its drawn top member exceeds this (>= 0);
+    see ``threshold_mode``."""
+    threshold_mode: str = "relative"
+    """relative: gap = (s_top - s_bottom) / max(|s_top|, |s_bottom|), in [0, 2], scale-free |
+    absolute: gap = s_top - s_bottom, in episode-return units."""
+    mutate: List[str] = field(default_factory=lambda: ["lr", "entropy_coef", "clip_eps"])
+    """Hyperparameters each member owns and PBT evolves: any of lr, entropy_coef, clip_eps,
+    value_coef, gamma, gae_lambda (start values from algo.*; each must lie in its PBT range)."""
+    init_spread: float = 2.0
+    """Members 1..P-1 start from algo.* times s^u, u ~ U[-1, 1] per key (log-uniform in
+    [x/s, x*s], in 1 - x for gamma/gae_lambda); member 0 starts at algo.* (>= 1; 1 = all equal)."""
+    score_window: int = 5
+    """A member's score is its mean episode return over the episodes that ended in its last
+    ``score_window`` iterations that ended any (>= 1); a member with none (e.g. just after it
+    copied another) is not ranked."""
+    shared_dir: Optional[str] = None
+    """Directory shared by the worker processes of one population (several processes or
+    nodes); None = this process holds the whole population."""
+    num_workers: int = 1
+    """Processes sharing ``shared_dir``, each with ``population`` members (>= 1)."""
+    worker_id: int = 0
+    """This process's index in 0..num_workers-1; its members are global ids
+    worker_id * population + 0..population-1. Give each worker its own ``seed`` too."""
+    sync_timeout: float = 0.0
+    """Seconds a round waits for the other workers to publish the same round (synchronous
+    PBT); 0 = asynchronous, use the newest files there are (>= 0)."""
+
+
 @dataclass
 class TrainConfig:
     """Top-level training job."""
@@ -191,7 +262,10 @@ class TrainConfig:
     torch_threads: Optional[int] = None
     """CPU threads for torch; None keeps torch's default."""
     resume: Optional[str] = None
-    """Run directory to resume from (continues its step count, LR and TensorBoard run)."""
+    """Run directory to resume from (continues its step count, LR and TensorBoard run), or
+    ``auto``: resume the run directory itself when it already holds a checkpoint (a requeued
+    SLURM job, a restarted torchrun) and start fresh otherwise; the stored config must then
+    equal the composed one on every key that a resume may not change."""
     run_dir: Optional[str] = None
     """Where to write; None uses Hydra's output directory (or the cwd without Hydra)."""
     nonfinite: str = "stop"
@@ -206,6 +280,7 @@ class TrainConfig:
     net: NetConfig = field(default_factory=NetConfig)
     log: LogConfig = field(default_factory=LogConfig)
     perf: PerfConfig = field(default_factory=PerfConfig)
+    pbt: PBTConfig = field(default_factory=PBTConfig)
 
 
 #: keys a resumed run may change from the command line (everything else must match)
@@ -237,6 +312,30 @@ def num_offpolicy_blocks(algo: AlgoConfig) -> int:
     if str(algo.offpolicy_blocks).strip().lower() == "all":
         return algo.num_policies - 1
     return int(algo.offpolicy_blocks)
+
+
+def _validate_world(cfg: TrainConfig) -> None:
+    """Layout rules under torchrun (``WORLD_SIZE`` processes, read from the environment;
+    nothing to check without torchrun): every rank gets an equal share of every block and
+    splits its share of the batch into ``algo.num_minibatches`` equal minibatches."""
+    from cpo.distributed import world_size_from_env
+
+    W = world_size_from_env()
+    if W <= 1:
+        return
+    e, a = cfg.env, cfg.algo
+    M = a.num_policies
+    if e.num_envs % (W * M) != 0:
+        raise ConfigError(f"env.num_envs={e.num_envs} is not divisible by WORLD_SIZE*algo.num_policies="
+                          f"{W}*{M}={W * M}: env.num_envs is the global count and every process "
+                          "(torchrun rank) steps an equal share of every policy's block")
+    local = e.num_envs // W * a.horizon
+    if local % a.num_minibatches != 0:
+        raise ConfigError(f"algo.num_minibatches={a.num_minibatches} does not divide the per-process "
+                          f"batch env.num_envs/WORLD_SIZE*algo.horizon={e.num_envs}/{W}*{a.horizon}={local}")
+    if cfg.device.startswith("cuda:"):
+        raise ConfigError(f"device={cfg.device!r} pins one GPU, but torchrun runs WORLD_SIZE={W} "
+                          "processes: use device=cuda or auto (each rank takes cuda:LOCAL_RANK)")
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -274,6 +373,7 @@ def validate(cfg: TrainConfig) -> None:
     if batch % a.num_minibatches != 0:
         raise ConfigError(f"algo.num_minibatches={a.num_minibatches} does not divide the batch "
                           f"env.num_envs*algo.horizon={batch}")
+    _validate_world(cfg)
     off = str(a.offpolicy_blocks).strip().lower()
     if off != "all":
         _check(off.isdigit(), "algo.offpolicy_blocks", a.offpolicy_blocks,
@@ -333,6 +433,7 @@ def validate(cfg: TrainConfig) -> None:
     for key in ("heatmap_every", "diag_samples", "ckpt_every", "keep_last"):
         val = getattr(g, key)
         _check(val >= 1, f"log.{key}", val, "must be >= 1")
+    validate_pbt(cfg)
     # ---- env: name and parameters are checked against the task registry
     from envs import registry
 
@@ -343,6 +444,66 @@ def validate(cfg: TrainConfig) -> None:
     if e.max_episode_steps is not None:
         _check(e.max_episode_steps >= 1, "env.max_episode_steps", e.max_episode_steps,
                "must be >= 1 or null")
+
+
+def validate_pbt(cfg: TrainConfig) -> None:
+    """Check the ``pbt`` section and what PBT needs from the rest; raise :class:`ConfigError`."""
+    p, a, e = cfg.pbt, cfg.algo, cfg.env
+    _check(p.population >= 0, "pbt.population", p.population, "must be >= 0 (0 turns PBT off)")
+    _check(p.num_workers >= 1, "pbt.num_workers", p.num_workers, "must be >= 1")
+    _check(0 <= p.worker_id < p.num_workers, "pbt.worker_id", p.worker_id,
+           f"must be in 0..pbt.num_workers-1={p.num_workers - 1}")
+    if p.population == 0:
+        _check(p.num_workers == 1, "pbt.num_workers", p.num_workers, "needs pbt.population >= 1")
+        return
+    _check(p.population * p.num_workers >= 2, "pbt.population", p.population,
+           "the population (pbt.population * pbt.num_workers) needs at least 2 members")
+    if p.num_workers > 1:
+        _check(bool(p.shared_dir), "pbt.shared_dir", p.shared_dir,
+               f"must name a directory shared by the pbt.num_workers={p.num_workers} processes")
+    if e.num_envs % p.population != 0:
+        raise ConfigError(f"env.num_envs={e.num_envs} is not divisible by pbt.population="
+                          f"{p.population}: every member needs an env block of equal size")
+    _check(a.num_policies == 1, "algo.num_policies", a.num_policies,
+           "must be 1 with PBT (pbt.population > 0): every member is one PPO learner")
+    member_batch = e.num_envs // p.population * a.horizon
+    if member_batch % a.num_minibatches != 0:
+        raise ConfigError(f"algo.num_minibatches={a.num_minibatches} does not divide a member's "
+                          f"batch (env.num_envs/pbt.population)*algo.horizon={member_batch}")
+    _check(a.lr_schedule == "fixed", "algo.lr_schedule", a.lr_schedule,
+           "must be fixed with PBT: each member's learning rate is a hyperparameter PBT evolves")
+    _check(cfg.net.rnn_hidden == 0, "net.rnn_hidden", cfg.net.rnn_hidden,
+           "must be 0 with PBT (the stacked population is feed-forward)")
+    _check(a.mixed_precision == "none", "algo.mixed_precision", a.mixed_precision,
+           "must be none with PBT")
+    _check(cfg.perf.compile in ("none", "policy"), "perf.compile", cfg.perf.compile,
+           "must be none or policy with PBT (the stacked update is not compiled)")
+    for key in ("bottom_fraction", "top_fraction"):
+        val = getattr(p, key)
+        _check(0.0 < val <= 0.5, f"pbt.{key}", val, "must be in (0, 0.5]")
+    it_steps = a.horizon * e.num_envs
+    _check(p.interval_steps >= it_steps, "pbt.interval_steps", p.interval_steps,
+           f"must be >= algo.horizon*env.num_envs={it_steps} (one iteration)")
+    _check(math.isfinite(p.threshold) and p.threshold >= 0, "pbt.threshold", p.threshold,
+           "must be a finite number >= 0")
+    _check(p.threshold_mode in ("relative", "absolute"), "pbt.threshold_mode", p.threshold_mode,
+           "must be relative or absolute")
+    _check(math.isfinite(p.init_spread) and p.init_spread >= 1.0, "pbt.init_spread",
+           p.init_spread, "must be a finite number >= 1")
+    _check(p.score_window >= 1, "pbt.score_window", p.score_window, "must be >= 1")
+    _check(math.isfinite(p.sync_timeout) and p.sync_timeout >= 0, "pbt.sync_timeout",
+           p.sync_timeout, "must be a finite number >= 0")
+    keys = list(p.mutate)
+    _check(len(keys) >= 1 and len(set(keys)) == len(keys), "pbt.mutate", keys,
+           "must list at least one hyperparameter, each once")
+    for key in keys:
+        _check(key in PBT_HYPERPARAMS, "pbt.mutate", keys,
+               f"{key!r} cannot be evolved (valid: {', '.join(PBT_HYPERPARAMS)})")
+        _, low, high = pbt_range(a, key)
+        val = getattr(a, key)
+        _check(low <= val <= high, f"algo.{key}", val,
+               f"must lie within [{low:g}, {high:g}] when PBT evolves it (pbt.mutate); "
+               "the explore step clamps to this range")
 
 
 def to_dict(cfg: TrainConfig) -> Dict[str, Any]:

@@ -37,7 +37,8 @@ def load_policy(path: str, device: Any = "cpu"):
     payload = ckpt.load(path, map_location=device)
     cfg: TrainConfig = to_train_config(OmegaConf.create(payload["config"]))
     spec_env = registry.make(_with_envs(cfg, 1), device=device, seed=0)
-    model = build_model(cfg, spec_env.obs_dim, spec_env.act_dim).to(device)
+    # an asymmetric critic's input size is part of the checkpoint (only the actor is used here)
+    model = build_model(cfg, spec_env.obs_dim, spec_env.act_dim, spec_env.privileged_dim).to(device)
     model.load_state_dict(payload["model"])
     model.eval()
     spec_env.close()
@@ -148,3 +149,92 @@ def export_torchscript(model, path: str, policy: int = 0) -> str:
             traced = torch.jit.trace(module, example)
     traced.save(path)
     return path
+
+
+# ---- videos (eval.py video=true) ------------------------------------------------------------
+def _video_env_cfg(cfg: TrainConfig):
+    """One env of the run's task; a backend whose parameters take a ``render_mode`` (the
+    gymnasium backend) is asked for ``rgb_array`` frames."""
+    import dataclasses
+
+    from envs import registry
+
+    env_cfg = _with_envs(cfg, 1)
+    fields = {f.name for f in dataclasses.fields(registry.spec(env_cfg.name).params)}
+    if "render_mode" in fields:
+        env_cfg.params = dict(env_cfg.params or {}, render_mode="rgb_array")
+    return env_cfg
+
+
+def even_frame(frame: np.ndarray) -> np.ndarray:
+    """``frame`` padded to an even height and width by repeating its last row/column (H.264's
+    yuv420p format needs even sizes; padding keeps every pixel instead of rescaling)."""
+    h, w = frame.shape[:2]
+    return np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+
+
+@torch.no_grad()
+def record_video(model, cfg: TrainConfig, path: str, episodes: int = 3, stochastic: bool = False,
+                 policy: int = 0, seed: int = 12345, device: Any = "cpu",
+                 fps: Any = None) -> Dict[str, Any]:
+    """Play ``episodes`` consecutive episodes of one env with ``policy`` and write them to the
+    MP4 file ``path`` (H.264 through imageio-ffmpeg), one frame per env step.
+
+    Frames: the first state of episode 1, then the state after every step except each
+    episode's final step (autoreset has already replaced it by the next episode's first
+    state), so the video holds ``sum(episode lengths)`` frames. ``fps`` defaults to the env's
+    ``render_fps`` (gymnasium's metadata) or 30. Returns the path, frame count, frame size
+    (even-padded), fps and each episode's length and return.
+    """
+    try:
+        import imageio.v2 as imageio
+        import imageio_ffmpeg  # noqa: F401  (the ffmpeg binary imageio writes MP4 with)
+    except ImportError as err:
+        raise ImportError(f"video=true needs imageio and imageio-ffmpeg ({err}); "
+                          "pip install -e '.[video]'") from None
+    from envs import registry
+
+    env = registry.make(_video_env_cfg(cfg), device=device, seed=seed)
+    obs = env.reset(seed=seed)
+    frame = env.render(0)
+    if frame is None:
+        env.close()
+        raise RuntimeError(f"env {cfg.env.name!r} draws no frames (render() returned None); "
+                           "video=true needs a backend that renders rgb_array frames")
+    fps = fps or getattr(env, "render_fps", None) or 30
+    pol = torch.full((1,), policy, dtype=torch.long, device=env.device)
+    gen = torch.Generator(device=env.device).manual_seed(seed)
+    state = model.initial_state(1, env.device) if model.is_recurrent else None
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    writer = imageio.get_writer(path, fps=fps, codec="libx264", macro_block_size=1)
+    lengths, returns = [], []
+    ep_len, ep_ret, frames = 0, 0.0, 0
+    size = list(even_frame(frame).shape[:2])
+    try:
+        writer.append_data(even_frame(frame))
+        frames += 1
+        while len(lengths) < episodes:
+            base = model.embed(obs) if state is None else None
+            if state is not None:
+                base, state = model.encode_step(obs, state)
+            if stochastic:
+                action = model.act(obs, pol, gen, base=base)[0]
+            else:
+                action = model.mean_base(base, pol)
+            obs, reward, term, trunc, _ = env.step(action)
+            ep_len, ep_ret = ep_len + 1, ep_ret + float(reward[0])
+            if bool(term[0] | trunc[0]):
+                lengths.append(ep_len)
+                returns.append(ep_ret)
+                ep_len, ep_ret = 0, 0.0
+                if state is not None:  # the next episode starts from a zero memory
+                    state = tuple(torch.zeros_like(s) for s in state)
+                if len(lengths) == episodes:
+                    break
+            writer.append_data(even_frame(env.render(0)))
+            frames += 1
+    finally:
+        writer.close()
+        env.close()
+    return {"path": path, "frames": frames, "size": size, "fps": fps,
+            "episode_lengths": lengths, "episode_returns": returns}

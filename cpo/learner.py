@@ -26,6 +26,7 @@ from cpo import fast, losses
 from cpo.config import AlgoConfig, PerfConfig, num_offpolicy_blocks
 from cpo.diagnostics import kl_matrix, mean_abs_deviation, relative_ess
 from cpo.discriminator import Discriminator
+from cpo.distributed import SINGLE, Dist
 from cpo.nets import EnsembleActorCritic, gaussian_entropy, gaussian_log_prob
 from cpo.rollout import Rollout, bootstrap_values, gae, td_targets
 
@@ -107,6 +108,9 @@ class Learner:
         self.iteration = 0
         self._base: Optional[torch.Tensor] = None
         self._base_of: Optional[int] = None
+        #: the process group under torchrun (gradients, advantage statistics and the adaptive
+        #: LR's KL are averaged over ranks); the runner sets it, one process keeps the no-op
+        self.dist: Dist = SINGLE
 
     # ---- targets -----------------------------------------------------------------------
     @torch.no_grad()
@@ -125,8 +129,9 @@ class Learner:
             r_own = r_env + cfg.lambda_adv * bonus * (self.pol_env > 0).float()
         base, final_base = self.front_end(ro)
         self._base, self._base_of = base, id(ro)  # reused by diagnostics() before the update
+        cbase, final_cbase = self.critic_front_end(ro, base, final_base)
         # ---- on-policy rows: GAE with each block's own critic
-        _, v_next = bootstrap_values(model.value_base, base, final_base, ro.truncated, self.pol_env,
+        _, v_next = bootstrap_values(model.value_base, cbase, final_cbase, ro.truncated, self.pol_env,
                                      values=ro.values, has_final_obs=has_final_obs)
         adv_own, ret_own = gae(r_own, ro.values, v_next, ro.terminated, ro.truncated,
                                cfg.gamma, cfg.gae_lambda)
@@ -166,7 +171,7 @@ class Learner:
             lam_row = lam[p.reshape(-1) - 1]
         if cols:
             col, pol, kind = torch.cat(cols), torch.cat(pols), torch.cat(kinds)
-            v, v_next = bootstrap_values(model.value_base, base[:, col], final_base[:, col],
+            v, v_next = bootstrap_values(model.value_base, cbase[:, col], final_cbase[:, col],
                                          ro.truncated[:, col], pol, has_final_obs=has_final_obs)
             # one-step TD with the current critic of the row's latent: y = r + gamma V(s')(1 - term)
             y = td_targets(r_env[:, col], v_next, ro.terminated[:, col], cfg.gamma)
@@ -180,8 +185,10 @@ class Learner:
         cat = {k: torch.cat(v) for k, v in parts.items()}
         kind = cat["kind"]
         if cfg.normalize_advantage:
-            # one mean/std over every advantage of the iteration (PPO, off-policy, coupling)
-            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+            # one mean/std over every advantage of the iteration (PPO, off-policy, coupling),
+            # pooled over every rank's advantages under torchrun
+            adv_mean, adv_std = self.dist.mean_std(adv)
+            adv = (adv - adv_mean) / (adv_std + 1e-8)
         is_cpl = (kind == 2).float()
         weight = torch.zeros_like(adv)
         if lam_row is not None:
@@ -201,6 +208,15 @@ class Learner:
                      ret=cat["ret"][order], v_old=cat["v_old"][order], logp_old=ro.logp.reshape(-1)[src],
                      weight=weight[order], ent_coef=ent[order], num_minibatches=num_mb,
                      n_ppo=T * N + T * (n_off * B if n_off > 0 else 0))
+
+    @torch.no_grad()
+    def critic_front_end(self, ro: Rollout, base: torch.Tensor, final_base: torch.Tensor):
+        """Critic features ``[T + 1, N, F_c]`` and ``[T, N, F_c]``: the actor's front-end
+        features, or with an asymmetric critic the normalised privileged observations (so that
+        truncated steps bootstrap from ``final_privileged``)."""
+        if not self.model.asymmetric:
+            return base, final_base
+        return self.model.embed_critic(ro.privileged), self.model.embed_critic(ro.final_privileged)
 
     @torch.no_grad()
     def front_end(self, ro: Rollout):
@@ -273,6 +289,8 @@ class Learner:
         cfg, model = self.cfg, self.model
         T, N = ro.horizon, ro.num_envs
         obs = ro.obs[:-1].reshape(T * N, -1)
+        # asymmetric critic: raw privileged observations of the same rows (critic input)
+        priv = ro.privileged[:-1].reshape(T * N, -1) if model.asymmetric else None
         act = ro.actions.reshape(T * N, -1)
         mu_old = ro.mu.reshape(T * N, -1)
         # value targets live in normalised units: update the statistics once, before the epochs
@@ -290,7 +308,8 @@ class Learner:
                 with self._autocast():
                     if base is None:
                         base = model.embed(obs[src])
-                    mu, log_std, v = self.heads(base, pol, n_critic=k)
+                    cb = model.embed_critic(priv[src[:k]]) if priv is not None else None
+                    mu, log_std, v = self.heads(base, pol, n_critic=k, critic_base=cb)
                 mu, v = mu.float(), v.float()
                 a = act[src]
                 logp = gaussian_log_prob(a, mu, log_std)
@@ -313,12 +332,16 @@ class Learner:
                         + cfg.bounds_coef * bounds)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                self.optimizer.step()
                 with torch.no_grad():
                     # KL(old || new) on on-policy rows drives the adaptive learning rate
                     kl = losses.gaussian_kl(mu_old[src], ro.log_std[pol], mu.detach(), log_std.detach())
-                    kl = (kl * onp).sum() / onp.sum().clamp(min=1.0)
+                    kl_sum, kl_rows = (kl * onp).sum(), onp.sum()
+                # torchrun: gradients averaged over ranks in one bucket that also sums the KL parts
+                kl_sum, kl_rows = self.dist.sync_grads(model.parameters(), (kl_sum, kl_rows))
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                with torch.no_grad():
+                    kl = kl_sum / kl_rows.clamp(min=1.0)
                     if cfg.lr_schedule == "adaptive":
                         new_lr = torch.where(kl > 2.0 * cfg.kl_threshold, self.lr / 1.5,
                                              torch.where(kl < 0.5 * cfg.kl_threshold, self.lr * 1.5, self.lr))
@@ -357,6 +380,7 @@ class Learner:
             ce, acc = self.disc.loss(obs_n[idx], act[idx], label[idx])
             self.disc_opt.zero_grad(set_to_none=True)
             ce.backward()
+            self.dist.sync_grads(self.disc.parameters())  # torchrun: one discriminator for all ranks
             self.disc_opt.step()
             tot_loss += ce.detach()
             tot_acc += acc

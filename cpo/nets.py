@@ -2,12 +2,14 @@
 
 Policy m acts with pi_m(a|s) = N(mu_theta(s, phi_m), diag sigma_m^2) and has the critic
 V_m(s) = V_theta(s, phi_m). Every row of a batch carries its policy index, so all M policies
-run in one batched forward pass (ALGORITHMS.md section 2).
+run in one batched forward pass (ALGORITHMS.md section 2). With an asymmetric critic
+(``privileged_dim > 0``) V_m reads the env's privileged observation (own normaliser, own MLP)
+while the actors keep the policy observation; only the actor is ever exported.
 """
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -31,14 +33,21 @@ class RunningMeanStd(nn.Module):
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))
         self.eps = eps
         self.clip = clip
+        #: optional hook ``(mean, var, count) -> (mean, var, count)`` that turns this process's
+        #: batch moments into those of every process's batch (set by the runner under torchrun:
+        #: :meth:`cpo.distributed.Dist.moments`); None with one process
+        self.sync: Optional[Callable[..., Tuple[torch.Tensor, torch.Tensor, Any]]] = None
 
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
-        """Fold a batch ``x [B, *shape]`` into the statistics."""
+        """Fold a batch ``x [B, *shape]`` into the statistics (the union of every process's
+        batch when :attr:`sync` is set)."""
         x = x.reshape(-1, *self.mean.shape).to(torch.float64)
         b_mean = x.mean(0)
         b_var = x.var(0, unbiased=False)
         b_count = float(x.shape[0])
+        if self.sync is not None:
+            b_mean, b_var, b_count = self.sync(b_mean, b_var, b_count)
         delta = b_mean - self.mean
         total = self.count + b_count
         # combined mean: old mean moved toward the batch mean by the batch's share
@@ -81,6 +90,15 @@ def mlp(sizes: List[int], activation: str, out_gain: float = 1.0) -> nn.Sequenti
     return nn.Sequential(*layers)
 
 
+def per_row(table: torch.Tensor, pol: torch.Tensor) -> torch.Tensor:
+    """``table[pol]``: the row of a small per-policy table ``[M, D]`` for each policy id in
+    ``pol [R]``. Written as an embedding lookup because its backward sums the R gradients
+    into M rows with a sort-and-segment kernel; plain indexing's backward (an accumulating
+    index_put) makes R atomic adds contend for the same M rows on a GPU, which dominated the
+    eager update at the ShadowHand shapes (bench/gpu.py)."""
+    return torch.nn.functional.embedding(pol, table)
+
+
 def gaussian_log_prob(action: torch.Tensor, mu: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
     """log N(action; mu, diag exp(log_std)^2), summed over the last (action) dimension."""
     z = (action - mu) * torch.exp(-log_std)
@@ -103,7 +121,7 @@ class EnsembleActorCritic(nn.Module):
                  actor_hidden: Optional[List[int]] = None, critic_hidden: Optional[List[int]] = None,
                  separate_critic: bool = True, activation: str = "elu", init_log_std: float = 0.0,
                  normalize_obs: bool = True, normalize_value: bool = True, obs_clip: float = 5.0,
-                 rnn_hidden: int = 0, seed: int = 0) -> None:
+                 rnn_hidden: int = 0, privileged_dim: int = 0, seed: int = 0) -> None:
         super().__init__()
         actor_hidden = list(actor_hidden or [256, 128, 64])
         critic_hidden = list(critic_hidden or actor_hidden)
@@ -116,9 +134,18 @@ class EnsembleActorCritic(nn.Module):
         self.latents = nn.Parameter(torch.randn(num_policies, latent_dim, generator=gen))
         self.log_std = nn.Parameter(torch.full((num_policies, act_dim), float(init_log_std)))
         self.rnn_hidden = int(rnn_hidden)
+        # asymmetric critic: the value heads read the privileged observation (its own
+        # normaliser, no LSTM: the privileged state is meant to be Markov) instead of the
+        # actor's features; it needs its own network since the actor trunk sees policy obs
+        self.privileged_dim = int(privileged_dim)
+        if self.privileged_dim > 0 and not separate_critic:
+            raise ValueError(f"an asymmetric critic (privileged_dim={self.privileged_dim}) needs "
+                             "separate_critic=True: the shared actor trunk only sees policy observations")
         # the recurrent front end sees only observations, so its features are the same for
         # every policy: relabelling rows with another latent never re-runs the LSTM
         inp = (self.rnn_hidden or obs_dim) + latent_dim
+        # critic input: [actor front-end features, latent] or [privileged obs, latent]
+        critic_inp = (self.privileged_dim + latent_dim) if self.privileged_dim > 0 else inp
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.rnn = nn.LSTM(obs_dim, self.rnn_hidden) if self.rnn_hidden > 0 else None
@@ -126,11 +153,25 @@ class EnsembleActorCritic(nn.Module):
             self.actor_trunk.append(_ACTIVATIONS[activation]())
             self.mu_head = mlp([actor_hidden[-1], act_dim], activation, out_gain=0.01)
             if separate_critic:
-                self.critic = mlp([inp] + critic_hidden + [1], activation, out_gain=1.0)
+                self.critic = mlp([critic_inp] + critic_hidden + [1], activation, out_gain=1.0)
             else:
                 self.value_head = mlp([actor_hidden[-1], 1], activation, out_gain=1.0)
         self.obs_rms = RunningMeanStd((obs_dim,), clip=obs_clip)
         self.value_rms = RunningMeanStd(())
+        if self.privileged_dim > 0:  # registered only when used: symmetric checkpoints keep their keys
+            self.priv_rms = RunningMeanStd((self.privileged_dim,), clip=obs_clip)
+
+    @property
+    def asymmetric(self) -> bool:
+        """True when the critic reads a privileged observation instead of the actor's input."""
+        return self.privileged_dim > 0
+
+    def embed_critic(self, priv: torch.Tensor) -> torch.Tensor:
+        """Critic features of raw privileged observations ``priv [..., P]``: normalised with
+        the privileged normaliser (asymmetric models only)."""
+        if not self.asymmetric:
+            raise RuntimeError("embed_critic needs a model built with privileged_dim > 0")
+        return self.priv_rms.normalize(priv) if self.normalize_obs else priv
 
     # ---- recurrent front end ---------------------------------------------------------------
     @property
@@ -176,40 +217,57 @@ class EnsembleActorCritic(nn.Module):
         return self.obs_rms.normalize(obs) if self.normalize_obs else obs
 
     def heads(self, base: torch.Tensor, pol: torch.Tensor, critic: bool = True,
-              n_critic: Optional[int] = None
+              n_critic: Optional[int] = None, critic_base: Optional[torch.Tensor] = None
               ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         """Rows of front-end features ``base [R, F]`` with policy ids ``pol [R]`` ->
         (mu [R, A], log_std [R, A], normalised value [R] or None). With ``n_critic`` the
-        critic runs on the first ``n_critic`` rows only (coupling rows need no value)."""
-        x = torch.cat([base, self.latents[pol].to(base.dtype)], dim=-1)
+        critic runs on the first ``n_critic`` rows only (coupling rows need no value). An
+        asymmetric model's critic reads ``critic_base`` (:meth:`embed_critic` of the
+        privileged observation, at least the first ``n_critic`` rows) instead of ``base``."""
+        x = torch.cat([base, per_row(self.latents, pol).to(base.dtype)], dim=-1)
         h = self.actor_trunk(x)
         mu = self.mu_head(h)
-        log_std = self.log_std[pol]
+        log_std = per_row(self.log_std, pol)
         value = None
         if critic:
             k = x.shape[0] if n_critic is None else n_critic
-            value = (self.critic(x[:k]) if self.separate_critic else self.value_head(h[:k])).squeeze(-1)
+            if self.asymmetric:
+                if critic_base is None:
+                    raise RuntimeError("an asymmetric critic needs critic_base (the privileged observation)")
+                # V_pol(s_priv) = critic([normalised privileged obs, phi_pol])
+                xc = torch.cat([critic_base[:k], per_row(self.latents, pol[:k]).to(critic_base.dtype)], dim=-1)
+                value = self.critic(xc).squeeze(-1)
+            else:
+                value = (self.critic(x[:k]) if self.separate_critic else self.value_head(h[:k])).squeeze(-1)
         return mu, log_std, value
 
     def value_base(self, base: torch.Tensor, pol: torch.Tensor) -> torch.Tensor:
-        """V_pol from front-end features, in reward units."""
-        x = torch.cat([base, self.latents[pol].to(base.dtype)], dim=-1)
+        """V_pol from critic features, in reward units: the front-end features, or for an
+        asymmetric model the normalised privileged observation (:meth:`embed_critic`)."""
+        x = torch.cat([base, per_row(self.latents, pol).to(base.dtype)], dim=-1)
         v = self.critic(x) if self.separate_critic else self.value_head(self.actor_trunk(x))
         return self.denorm_value(v.squeeze(-1))
 
     def mean_base(self, base: torch.Tensor, pol: torch.Tensor) -> torch.Tensor:
         """mu_pol from front-end features."""
-        x = torch.cat([base, self.latents[pol].to(base.dtype)], dim=-1)
+        x = torch.cat([base, per_row(self.latents, pol).to(base.dtype)], dim=-1)
         return self.mu_head(self.actor_trunk(x))
 
-    def forward(self, obs: torch.Tensor, pol: torch.Tensor, critic: bool = True
+    def forward(self, obs: torch.Tensor, pol: torch.Tensor, critic: bool = True,
+                critic_obs: Optional[torch.Tensor] = None
                 ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         """Rows of raw ``obs [R, D]`` with policy ids ``pol [R]`` ->
-        (mu [R, A], log_std [R, A], normalised value [R] or None). Feed-forward models only."""
-        return self.heads(self.embed(obs), pol, critic)
+        (mu [R, A], log_std [R, A], normalised value [R] or None). Feed-forward models only;
+        an asymmetric model's critic reads the raw privileged ``critic_obs [R, P]``."""
+        cb = self.embed_critic(critic_obs) if critic_obs is not None else None
+        return self.heads(self.embed(obs), pol, critic, critic_base=cb)
 
     def value(self, obs: torch.Tensor, pol: torch.Tensor) -> torch.Tensor:
-        """V_pol(obs) in reward units (de-normalised). Feed-forward models only."""
+        """V_pol(obs) in reward units (de-normalised), where ``obs`` is the critic's raw input:
+        the policy observation (feed-forward models only), or for an asymmetric model the
+        privileged observation ``[R, P]`` (recurrent or not)."""
+        if self.asymmetric:
+            return self.value_base(self.embed_critic(obs), pol)
         return self.value_base(self.embed(obs), pol)
 
     def mean_action(self, obs: torch.Tensor, pol: torch.Tensor) -> torch.Tensor:
@@ -233,27 +291,37 @@ class EnsembleActorCritic(nn.Module):
         return torch.randn((n, self.act_dim), generator=generator,
                            device=device if device is not None else self.log_std.device)
 
-    def sample_from(self, base: torch.Tensor, pol: torch.Tensor, eps: torch.Tensor
+    def sample_from(self, base: torch.Tensor, pol: torch.Tensor, eps: torch.Tensor,
+                    critic_base: Optional[torch.Tensor] = None
                     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Pure policy step from front-end features: ``a = mu + sigma * eps``; returns
-        (action, log_prob, mu, value in reward units)."""
-        mu, log_std, v = self.heads(base, pol)
+        (action, log_prob, mu, value in reward units). An asymmetric model's value comes from
+        ``critic_base`` (:meth:`embed_critic` of the privileged observation); without it the
+        value is 0 (acting for evaluation or export never needs it)."""
+        with_value = not self.asymmetric or critic_base is not None
+        mu, log_std, v = self.heads(base, pol, critic=with_value, critic_base=critic_base)
         action = mu + torch.exp(log_std) * eps.to(mu.dtype)  # reparameterised Gaussian sample
         logp = gaussian_log_prob(action, mu, log_std)
-        return action, logp, mu, self.denorm_value(v)
+        value = self.denorm_value(v) if v is not None else torch.zeros_like(logp)
+        return action, logp, mu, value
 
-    def policy_step(self, obs: torch.Tensor, pol: torch.Tensor, eps: torch.Tensor
+    def policy_step(self, obs: torch.Tensor, pol: torch.Tensor, eps: torch.Tensor,
+                    critic_obs: Optional[torch.Tensor] = None
                     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Pure feed-forward policy step on raw ``obs`` with given noise ``eps`` (the unit
-        that the rollout fast paths compile or capture)."""
-        return self.sample_from(self.embed(obs), pol, eps)
+        that the rollout fast paths compile or capture); ``critic_obs`` is the raw
+        privileged observation of an asymmetric model."""
+        cb = self.embed_critic(critic_obs) if critic_obs is not None else None
+        return self.sample_from(self.embed(obs), pol, eps, cb)
 
     def act(self, obs: torch.Tensor, pol: torch.Tensor, generator: Optional[torch.Generator] = None,
-            base: Optional[torch.Tensor] = None
+            base: Optional[torch.Tensor] = None, critic_obs: Optional[torch.Tensor] = None
             ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sample a ~ pi_pol(.|obs): returns (action, log_prob, mu, value in reward units).
-        Recurrent models pass their LSTM features as ``base``."""
+        Recurrent models pass their LSTM features as ``base``; an asymmetric model takes its
+        value from the raw privileged ``critic_obs`` (0 without it)."""
         eps = self.noise(obs.shape[0], generator, obs.device)
         if base is None:
-            return self.policy_step(obs, pol, eps)
-        return self.sample_from(base, pol, eps)
+            return self.policy_step(obs, pol, eps, critic_obs)
+        cb = self.embed_critic(critic_obs) if critic_obs is not None else None
+        return self.sample_from(base, pol, eps, cb)

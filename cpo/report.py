@@ -19,7 +19,11 @@ deviation (``ddof=0``). Written into ``--out`` (default ``<multirun dir>/report/
   second key) of the final return, mean +- std over seeds annotated in each cell; otherwise
   ``final_return_bars.png``, a bar chart per configuration;
 * ``ess_curves.png``: ``diversity/ess/overall`` vs env steps (skipped when absent, e.g. PPO);
-* ``summary.json`` and ``table.md`` (also printed to stdout).
+* ``summary.json`` and ``table.md`` (also printed to stdout);
+* for PBT runs (``algo=pbt``): ``pbt_runs`` in ``summary.json``, a per-member table in
+  ``table.md`` (best and final score, times it copied another member, evolved
+  hyperparameters at the start and the end) and ``pbt_members_<k>.png`` (each member's score
+  and evolved hyperparameters vs env steps, one figure per PBT run).
 
 The *final* value of a run is the mean of its last ``ceil(last_frac * n)`` logged points
 (at least one).
@@ -349,6 +353,102 @@ def summarize(cfgs: Sequence[Configuration], keys: Sequence[str], metric: str = 
     })
 
 
+# ---------------------------------------------------------------------------- PBT runs
+PBT_PREFIX = "pbt/member_"
+
+
+def pbt_series(job: Job) -> Dict[int, Dict[str, Series]]:
+    """``{member id: {name: (steps, values)}}`` from a PBT run's ``pbt/member_<g>/<name>`` tags
+    (empty for other runs)."""
+    out: Dict[int, Dict[str, Series]] = {}
+    for tag, series in job.scalars.items():
+        if tag.startswith(PBT_PREFIX):
+            member, _, name = tag[len(PBT_PREFIX):].partition("/")
+            if member.isdigit() and name:
+                out.setdefault(int(member), {})[name] = series
+    return out
+
+
+def pbt_summary(job: Job) -> Optional[Dict[str, Any]]:
+    """One PBT run's members: best and final score (windowed mean return), best episode
+    return, how many rounds it copied another member, and each evolved hyperparameter at the
+    first and last logged step; None when the run logged no member."""
+    members = pbt_series(job)
+    if not members:
+        return None
+    keys = [str(k) for k in (job.flat_config.get("pbt.mutate") or [])]
+    rows = []
+    for g in sorted(members):
+        s = members[g]
+        row: Dict[str, Any] = {"member": g}
+        for name, field_ in (("score", "score"), ("ep_return", "ep_return")):
+            if name in s and len(s[name][1]):
+                row[f"best_{field_}"] = float(np.max(s[name][1]))
+                row[f"final_{field_}"] = float(s[name][1][-1])
+        row["times_copied"] = int(np.sum(s["copied_from"][1] >= 0)) if "copied_from" in s else 0
+        row["hp_start"] = {k: float(s[k][1][0]) for k in keys if k in s and len(s[k][1])}
+        row["hp_final"] = {k: float(s[k][1][-1]) for k in keys if k in s and len(s[k][1])}
+        rows.append(row)
+    best = max((r for r in rows if "final_score" in r), key=lambda r: r["final_score"], default=None)
+    return {"run_dir": job.path, "seed": job.seed, "mutate": keys, "members": rows,
+            "best_member": best["member"] if best else None,
+            "best_score_curve_first_last": _first_last(job.scalars.get("pbt/best_score"))}
+
+
+def _first_last(series: Optional[Series]) -> Optional[List[float]]:
+    if series is None or not len(series[1]):
+        return None
+    return [float(series[1][0]), float(series[1][-1])]
+
+
+def pbt_table(run: Dict[str, Any]) -> str:
+    """Markdown table of one PBT run's members (:func:`pbt_summary`)."""
+    keys = run["mutate"]
+    head = ["member", "best score", "final score", "copied"] + [f"{k} start → final" for k in keys]
+    curve = run["best_score_curve_first_last"]
+    lines = [f"PBT members of {run['run_dir']} (seed {run['seed']}; best member "
+             f"{run['best_member']}" + (f"; population best score {curve[0]:.4g} → {curve[1]:.4g}"
+                                        if curve else "") + "):", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in run["members"]:
+        cells = [str(r["member"]), _pm(r.get("best_score"), None), _pm(r.get("final_score"), None),
+                 str(r["times_copied"])]
+        for k in keys:
+            a, b = r["hp_start"].get(k), r["hp_final"].get(k)
+            cells.append("n/a" if a is None else f"{a:.3g} → {b:.3g}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_pbt_members(job: Job, path: str) -> bool:
+    """Each member's score and evolved hyperparameters vs env steps (one panel per quantity,
+    one line per member, log scale for hyperparameters); False when the run has no members."""
+    members = pbt_series(job)
+    if not members:
+        return False
+    keys = ["score"] + [str(k) for k in (job.flat_config.get("pbt.mutate") or [])]
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.0 * len(keys), 3.6), dpi=100, squeeze=False)
+    colors = plt.get_cmap("tab10" if len(members) <= 10 else "tab20")
+    for ax, key in zip(axes[0], keys):
+        for i, g in enumerate(sorted(members)):
+            if key in members[g]:
+                steps, vals = members[g][key]
+                ax.plot(steps, vals, color=colors(i % colors.N), lw=1.2,
+                        drawstyle="default" if key == "score" else "steps-post", label=f"member {g}")
+        if key != "score":
+            ax.set_yscale("log")
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("env steps")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=6, loc="best")
+    fig.suptitle(f"PBT members: {job.path}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
 # ---------------------------------------------------------------------------- tables
 def _pm(m: Optional[float], s: Optional[float], digits: int = 4) -> str:
     if m is None:
@@ -428,6 +528,8 @@ def markdown_table(summary: Dict[str, Any]) -> str:
     grid = grid_table(summary)
     if grid is not None:
         lines += ["", f"Final {summary['metric']} (mean ± std over seeds):", "", grid]
+    for run in summary.get("pbt_runs", []):
+        lines += ["", pbt_table(run)]
     return "\n".join(lines) + "\n"
 
 
@@ -573,6 +675,15 @@ def make_report(root: str, out: Optional[str] = None, metric: str = DEFAULT_METR
     if plot_curves(cfgs, ESS_TAG, os.path.join(out, "ess_curves.png"), "ESS (overall)",
                    f"{algo} on {env}: {ESS_TAG} (mean ± std over seeds)"):
         files.append(os.path.join(out, "ess_curves.png"))
+    pbt_runs = []
+    for job in jobs:  # PBT runs: per-member table and figure
+        run = pbt_summary(job)
+        if run is not None:
+            if plot_pbt_members(job, os.path.join(out, f"pbt_members_{len(pbt_runs)}.png")):
+                files.append(os.path.join(out, f"pbt_members_{len(pbt_runs)}.png"))
+            pbt_runs.append(run)
+    if pbt_runs:
+        summary["pbt_runs"] = _clean(pbt_runs)
     warnings = []
     for row in summary["configurations"]:
         if row["runs_missing_metric"]:

@@ -1,7 +1,8 @@
 """On-device rollout storage and the pure target functions (GAE, one-step TD).
 
 Shapes: ``T`` horizon, ``N`` envs. Terminations cut the bootstrap; truncations (time limits)
-bootstrap from ``V(final_obs)``, which the caller folds into ``next_values``.
+bootstrap from ``V(final_obs)``, which the caller folds into ``next_values`` (with an
+asymmetric critic the critic's inputs are the privileged observations and ``final_privileged``).
 """
 from __future__ import annotations
 
@@ -74,6 +75,8 @@ class Rollout:
     ``obs`` has T + 1 rows (the last is the observation after the final step). ``log_std``
     is the per-policy log-std snapshot ``[M, A]`` used while acting (state-independent).
     ``rewards`` are the env rewards in env units (scaling and bonuses are applied later).
+    With an asymmetric critic ``privileged [T + 1, N, P]`` and ``final_privileged [T, N, P]``
+    hold the critic's observations, laid out like ``obs`` and ``final_obs``.
     """
 
     obs: torch.Tensor
@@ -88,13 +91,18 @@ class Rollout:
     log_std: torch.Tensor
     h0: Optional[torch.Tensor] = None  # [N, H] LSTM state at the rollout's start (recurrent)
     c0: Optional[torch.Tensor] = None
+    privileged: Optional[torch.Tensor] = None  # [T + 1, N, P] critic observations (asymmetric)
+    final_privileged: Optional[torch.Tensor] = None  # [T, N, P] pre-reset critic observations
 
     @staticmethod
     def empty(T: int, N: int, obs_dim: int, act_dim: int, num_policies: int,
-              device: torch.device, rnn_hidden: int = 0) -> "Rollout":
+              device: torch.device, rnn_hidden: int = 0, privileged_dim: int = 0) -> "Rollout":
         """Pre-allocated storage, reused every iteration."""
         f = dict(device=device, dtype=torch.float32)
-        rnn = dict(h0=torch.zeros(N, rnn_hidden, **f), c0=torch.zeros(N, rnn_hidden, **f)) if rnn_hidden else {}
+        extra = dict(h0=torch.zeros(N, rnn_hidden, **f), c0=torch.zeros(N, rnn_hidden, **f)) if rnn_hidden else {}
+        if privileged_dim:
+            extra.update(privileged=torch.zeros(T + 1, N, privileged_dim, **f),
+                       final_privileged=torch.zeros(T, N, privileged_dim, **f))
         return Rollout(
             obs=torch.zeros(T + 1, N, obs_dim, **f), final_obs=torch.zeros(T, N, obs_dim, **f),
             actions=torch.zeros(T, N, act_dim, **f), logp=torch.zeros(T, N, **f),
@@ -102,7 +110,7 @@ class Rollout:
             rewards=torch.zeros(T, N, **f),
             terminated=torch.zeros(T, N, dtype=torch.bool, device=device),
             truncated=torch.zeros(T, N, dtype=torch.bool, device=device),
-            log_std=torch.zeros(num_policies, act_dim, **f), **rnn)
+            log_std=torch.zeros(num_policies, act_dim, **f), **extra)
 
     @property
     def horizon(self) -> int:

@@ -1,6 +1,7 @@
 """The training loop: collect, learn, log, checkpoint, handle signals and bad numbers."""
 from __future__ import annotations
 
+import copy
 import math
 import os
 import signal
@@ -11,7 +12,7 @@ import numpy as np
 import torch
 
 from cpo import checkpoint as ckpt
-from cpo import fast
+from cpo import distributed, fast
 from cpo.config import TrainConfig, flatten, to_dict
 from cpo.learner import Learner, lambda_f_at
 from cpo.logger import Logger
@@ -50,27 +51,43 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_model(cfg: TrainConfig, obs_dim: int, act_dim: int) -> EnsembleActorCritic:
-    """The ensemble actor-critic described by ``cfg`` (seeded by ``cfg.seed``)."""
+def build_model(cfg: TrainConfig, obs_dim: int, act_dim: int,
+                privileged_dim: int = 0) -> EnsembleActorCritic:
+    """The ensemble actor-critic described by ``cfg`` (seeded by ``cfg.seed``); with
+    ``privileged_dim > 0`` (the env's, see envs/base.py) the critic reads the privileged
+    observation, which needs ``net.separate_critic=true``."""
     n, a = cfg.net, cfg.algo
+    if privileged_dim > 0 and not n.separate_critic:
+        from cpo.config import ConfigError
+
+        raise ConfigError(f"net.separate_critic={n.separate_critic}: env {cfg.env.name!r} gives the critic a "
+                          f"privileged observation (privileged_dim={privileged_dim}), which needs its own "
+                          "network: set net.separate_critic=true")
     return EnsembleActorCritic(
         obs_dim, act_dim, num_policies=a.num_policies, latent_dim=a.latent_dim,
         actor_hidden=list(n.actor_hidden), critic_hidden=list(n.critic_hidden),
         separate_critic=n.separate_critic, activation=n.activation, init_log_std=n.init_log_std,
         normalize_obs=n.normalize_obs, normalize_value=n.normalize_value, obs_clip=n.obs_clip,
-        rnn_hidden=n.rnn_hidden, seed=cfg.seed)
+        rnn_hidden=n.rnn_hidden, privileged_dim=privileged_dim, seed=cfg.seed)
+
+
+#: SLURM's ``--signal`` and submitit's timeout/preemption signal (USR2 by default)
+_USR_SIGNALS = tuple(getattr(signal, n) for n in ("SIGUSR1", "SIGUSR2") if hasattr(signal, n))
 
 
 class _Signals:
-    """SIGINT/SIGTERM: the first asks for a checkpoint and a clean exit after the current
-    iteration; a second SIGINT exits at once."""
+    """SIGINT/SIGTERM/SIGUSR1/SIGUSR2: the first asks for a checkpoint and a clean exit after
+    the current iteration; a second SIGINT exits at once. A SIGUSR1/2 handler that was
+    installed before ours (submitit's, which requeues the SLURM job) is called by
+    :meth:`chain` once the checkpoint is written."""
 
     def __init__(self) -> None:
         self.requested: Optional[int] = None
         self._old: Dict[int, Any] = {}
+        self._pending: Any = None
 
     def install(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM) + _USR_SIGNALS:
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not in the main thread
@@ -82,9 +99,21 @@ class _Signals:
         self.requested = signum
 
     def restore(self) -> None:
+        if self.requested in _USR_SIGNALS and callable(self._old.get(self.requested)):
+            self._pending = self._old[self.requested]
         for sig, old in self._old.items():
             signal.signal(sig, old)
         self._old.clear()
+
+    def chain(self) -> None:
+        """Pass a SIGUSR1/2 on to the handler installed before ours (after :meth:`restore`)."""
+        handler, self._pending = self._pending, None
+        if handler is not None:
+            handler(self.requested, None)
+
+
+#: runner entries of a checkpoint that belong to one rank (its envs' side) under torchrun
+_RANK_LOCAL = ("obs", "ep_ret", "ep_len", "act_gen", "torch_rng", "rnn_state", "priv", "nonfinite_resets")
 
 
 class Runner:
@@ -100,19 +129,33 @@ class Runner:
         self.config_yaml = config_yaml or to_yaml(cfg)
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
-        self.device = resolve_device(cfg.device)
-        torch.manual_seed(cfg.seed)
-        self.env = registry.make(cfg.env, device=self.device, seed=cfg.seed)
-        self.model = build_model(cfg, self.env.obs_dim, self.env.act_dim).to(self.device)
-        self.learner = Learner(self.model, cfg.algo, self.env.num_envs, self.device,
-                               cfg.max_iterations, seed=cfg.seed, perf=cfg.perf)
+        # torchrun: this process's rank (cpo/distributed.py); one process: the no-op context
+        self.dist = distributed.current()
+        self.device = self.dist.place(resolve_device(cfg.device))
+        seed = self.dist.seed(cfg.seed)  # envs and action noise differ per rank (rank 0: seed)
+        torch.manual_seed(seed)
+        env_cfg = cfg.env
+        if self.dist.enabled:  # env.num_envs is the global N: this rank steps N / world_size
+            env_cfg = copy.copy(cfg.env)
+            env_cfg.num_envs = cfg.env.num_envs // self.dist.world_size
+        try:
+            self.env = registry.make(env_cfg, device=self.device, seed=seed)
+        except registry.EnvConfigError as err:  # e.g. a simulator that is not installed
+            from cpo.config import ConfigError
+
+            raise ConfigError(str(err)) from None
+        self.model, self.learner = self.build()
+        self._join_ranks()
         self._policy_step = fast.policy_step(self.model, cfg.perf, self.device)
-        N, M, T = self.env.num_envs, cfg.algo.num_policies, cfg.algo.horizon
+        # env blocks: M policies here, P members in the PBT runner (cpo/pbt.py)
+        N, M, T = self.env.num_envs, self.model.num_policies, cfg.algo.horizon
         self.M, self.B = M, N // M
         self.pol_env = torch.arange(N, device=self.device) // self.B
-        self.act_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
+        self.act_gen = torch.Generator(device=self.device).manual_seed(seed + 1)
+        # asymmetric critic: the env's privileged observation feeds the critic (envs/base.py)
+        priv_dim = int(getattr(self.model, "privileged_dim", 0))
         self.storage = Rollout.empty(T, N, self.env.obs_dim, self.env.act_dim, M, self.device,
-                                     rnn_hidden=cfg.net.rnn_hidden)
+                                     rnn_hidden=cfg.net.rnn_hidden, privileged_dim=priv_dim)
         self.rnn_state = self.model.initial_state(N) if self.model.is_recurrent else None
         self.ep_ret = torch.zeros(N, device=self.device)
         self.ep_len = torch.zeros(N, device=self.device)
@@ -121,16 +164,46 @@ class Runner:
         self.last_best_iteration = -10**9
         self.history: List[float] = []
         self.last_stats: Dict[str, float] = {}
+        self._kl: Optional[np.ndarray] = None  # last KL matrix (ensembles only), for the heatmap
         self.nonfinite_resets = 0
-        self.obs = self.env.reset(seed=cfg.seed)
+        self.obs = self.env.reset(seed=seed)
+        self.priv = self.env.privileged() if priv_dim > 0 else None  # critic observation
         if resume_from is not None:
             self.load(resume_from)
         elif cfg.net.normalize_obs:
             self.model.obs_rms.update(self.obs)  # statistics start from the first observations
-        if not self.env.has_final_obs:
+            if self.priv is not None:
+                self.model.priv_rms.update(self.priv)
+        if not self.env.has_final_obs and self.dist.is_main:
             print("[cpo] this env gives no final observation: truncated steps bootstrap with V(s_t)")
         self.logger: Optional[Logger] = None
         self.signals = _Signals()
+
+    def build(self) -> Tuple[Any, Any]:
+        """The model and the learner of this run (the PBT runner in cpo/pbt.py builds a stacked
+        population instead)."""
+        cfg = self.cfg
+        model = build_model(cfg, self.env.obs_dim, self.env.act_dim,
+                            self.env.privileged_dim).to(self.device)
+        learner = Learner(model, cfg.algo, self.env.num_envs, self.device,
+                          cfg.max_iterations, seed=cfg.seed, perf=cfg.perf)
+        return model, learner
+
+    def _join_ranks(self) -> None:
+        """torchrun: start every rank from rank 0's parameters and buffers, and route the
+        normalisers' statistics and the learner's gradients through the process group
+        (cpo/distributed.py). Nothing happens with one process."""
+        from cpo.nets import RunningMeanStd
+
+        if not self.dist.enabled:
+            return
+        self.dist.broadcast_module(self.model)
+        for module in self.model.modules():  # obs, value (and privileged) normalisers
+            if isinstance(module, RunningMeanStd):
+                module.sync = self.dist.moments
+        self.learner.dist = self.dist
+        if self.learner.disc is not None:
+            self.dist.broadcast_module(self.learner.disc)
 
     # ---- collection ---------------------------------------------------------------------
     @torch.no_grad()
@@ -148,15 +221,25 @@ class Runner:
             ro.c0.copy_(self.rnn_state[1])
         for t in range(ro.horizon):
             ro.obs[t] = self.obs
-            if self.rnn_state is not None:
-                base, self.rnn_state = model.encode_step(self.obs, self.rnn_state)
-                action, logp, mu, value = model.act(self.obs, self.pol_env, self.act_gen, base=base)
+            if self.priv is not None:
+                ro.privileged[t] = self.priv
+            if self.rnn_state is not None or self.priv is not None:
+                base = None
+                if self.rnn_state is not None:
+                    base, self.rnn_state = model.encode_step(self.obs, self.rnn_state)
+                # an asymmetric critic's value reads the privileged observation (eager step)
+                action, logp, mu, value = model.act(self.obs, self.pol_env, self.act_gen, base=base,
+                                                    critic_obs=self.priv)
             else:  # the pure step (eager, compiled or CUDA-graph replayed: cpo/fast.py)
                 eps = model.noise(env.num_envs, self.act_gen, self.device)
                 action, logp, mu, value = self._policy_step(self.obs, self.pol_env, eps)
             obs, reward, term, trunc, info = env.step(action)
             final_obs = info.get("final_obs", obs)
             masks = _nonfinite(obs, reward, final_obs)
+            if self.priv is not None:  # privileged obs count as observations for the NaN guard
+                priv, final_priv = info["privileged"], info["final_privileged"]
+                masks = (masks[0] | ~torch.isfinite(priv).all(-1), masks[1],
+                         masks[2] | ~torch.isfinite(final_priv).all(-1))
             if per_step:
                 any_bad = masks[0] | masks[1] | masks[2]
                 if bool(any_bad.any()):  # the per-step host sync of the NaN guard
@@ -165,6 +248,9 @@ class Runner:
                     # reset the offending envs; their episode ends with no bootstrap
                     obs = torch.where(any_bad.unsqueeze(-1), env.reset_envs(any_bad), obs)
                     final_obs = torch.where(any_bad.unsqueeze(-1), obs, final_obs)
+                    if self.priv is not None:
+                        priv = torch.where(any_bad.unsqueeze(-1), env.privileged(), priv)
+                        final_priv = torch.where(any_bad.unsqueeze(-1), priv, final_priv)
                     reward = torch.where(any_bad, torch.zeros_like(reward), reward)
                     term, trunc = term | any_bad, trunc & ~any_bad
                     self.nonfinite_resets += int(any_bad.sum())
@@ -176,6 +262,9 @@ class Runner:
             ro.actions[t], ro.logp[t], ro.mu[t], ro.values[t] = action, logp, mu, value
             ro.rewards[t], ro.terminated[t], ro.truncated[t] = reward, term, trunc
             ro.final_obs[t] = final_obs
+            if self.priv is not None:
+                ro.final_privileged[t] = final_priv
+                self.priv = priv
             # episode bookkeeping per block, without host syncs
             self.ep_ret += torch.nan_to_num(reward)
             self.ep_len += 1
@@ -191,41 +280,76 @@ class Runner:
             self.ep_len *= 1.0 - done
             self.obs = obs
         ro.obs[ro.horizon] = self.obs
+        if self.priv is not None:
+            ro.privileged[ro.horizon] = self.priv
         if not per_step and bool((bad[0] | bad[1] | bad[2]).any()):  # once per iteration
             raise _BadEnvs(*_describe(bad), ro.horizon - 1)
         return sums
+
+    def collect_checked(self) -> Dict[str, torch.Tensor]:
+        """:meth:`collect`; non-finite env output (nonfinite=stop) saves the state at the start
+        of the iteration as ``checkpoints/last_good.pt`` and raises :class:`NonFiniteError`."""
+        snapshot = self._snapshot()
+        found: Optional[_BadEnvs] = None
+        try:
+            sums = self.collect()
+        except _BadEnvs as bad:
+            found = bad
+        if self.dist.any_true(found is not None):  # torchrun: bad data on any rank stops all
+            path = os.path.join(self.run_dir, "checkpoints", "last_good.pt")
+            payload = self.state(snapshot)
+            if self.dist.is_main:
+                ckpt.save(payload, path)
+            where, quantity, t = self._bad_report(found)
+            self.dist.barrier()  # the file is written before any rank exits
+            raise NonFiniteError(
+                f"non-finite {quantity} from {where} at iteration {self.iteration}, "
+                f"rollout step {t} (env steps {self.env_steps + t * self.env.num_envs * self.dist.world_size}); "
+                f"the state at the start of the iteration is saved to {path} "
+                f"(resume from it, or set nonfinite=reset to reset such envs and continue)") from None
+        return sums
+
+    def _bad_report(self, bad: Optional[_BadEnvs]) -> Tuple[str, str, int]:
+        """(which envs, which quantity, rollout step) of the first rank that met non-finite
+        data; under torchrun the env ids are global (cpo/distributed.py's layout)."""
+        if not self.dist.enabled:
+            return f"env ids {bad.ids}", bad.quantity, bad.t
+        mine = None
+        if bad is not None:
+            ids = distributed.global_env_ids(bad.ids, self.dist, self.env.num_envs, self.M)
+            mine = (ids, bad.quantity, bad.t)
+        rank, (ids, quantity, t) = next((r, x) for r, x in enumerate(self.dist.all_gather(mine))
+                                        if x is not None)
+        return f"env ids {ids} (global ids; rank {rank})", quantity, t
 
     # ---- one iteration ----------------------------------------------------------------------
     def step(self) -> Dict[str, float]:
         """Collect, update, and return the iteration's scalar statistics (one host sync)."""
         cfg = self.cfg
         t0 = time.perf_counter()
-        snapshot = self._snapshot()
-        try:
-            sums = self.collect()
-        except _BadEnvs as bad:
-            path = os.path.join(self.run_dir, "checkpoints", "last_good.pt")
-            ckpt.save(self.state(snapshot), path)
-            raise NonFiniteError(
-                f"non-finite {bad.quantity} from env ids {bad.ids} at iteration {self.iteration}, "
-                f"rollout step {bad.t} (env steps {self.env_steps + bad.t * self.env.num_envs}); "
-                f"the state at the start of the iteration is saved to {path} "
-                f"(resume from it, or set nonfinite=reset to reset such envs and continue)") from None
+        sums = self.collect_checked()
         t1 = time.perf_counter()
         batch = self.learner.build_batch(self.storage, has_final_obs=self.env.has_final_obs)
         diag = self.learner.diagnostics(self.storage, cfg.log.diag_samples)
         disc = self.learner.update_discriminator(self.storage)
         stats = self.learner.update(self.storage, batch)
-        if "kl_matrix" in diag:
+        nonfinite = float(self.nonfinite_resets)
+        if self.dist.enabled:  # one all-reduce: episode sums summed, losses/diagnostics averaged
+            sums["_nonfinite"] = torch.tensor(nonfinite, device=self.device)
+            sums, (stats, diag, disc) = self.dist.reduce_stats(sums, (stats, diag, disc))
+            nonfinite = float(sums.pop("_nonfinite"))
+        if "kl_matrix" in diag:  # under torchrun the ranks' mean: beta stays equal on every rank
             self.learner.adapt_beta(diag["kl_matrix"][1:, 0])
         if cfg.net.normalize_obs:  # once per rollout, with raw observations, after the update
             T, N = self.storage.horizon, self.storage.num_envs
             self.model.obs_rms.update(self.storage.obs[:-1].reshape(T * N, -1))
+            if self.priv is not None:  # the critic's own normaliser, same schedule
+                self.model.priv_rms.update(self.storage.privileged[:-1].reshape(T * N, -1))
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         t2 = time.perf_counter()
         self.iteration += 1
-        steps = self.storage.horizon * self.storage.num_envs
+        steps = self.storage.horizon * self.storage.num_envs * self.dist.world_size  # all ranks
         self.env_steps += steps
         # ---- the single host sync of the iteration
         host = {k: v.detach().cpu() for k, v in {**sums, **stats, **diag, **disc}.items()}
@@ -278,7 +402,7 @@ class Runner:
         out["perf/sps"] = steps / max(t2 - t0, 1e-9)
         out["perf/env_steps"] = float(self.env_steps)
         if self.cfg.nonfinite == "reset":
-            out["perf/nonfinite_resets"] = float(self.nonfinite_resets)
+            out["perf/nonfinite_resets"] = nonfinite
         self.last_stats = out
         return out
 
@@ -286,13 +410,16 @@ class Runner:
     def train(self) -> Dict[str, float]:
         """Run to ``max_iterations``; checkpoints periodically, at the end and on signals."""
         cfg = self.cfg
-        os.makedirs(self.run_dir, exist_ok=True)
-        self.logger = Logger(self.run_dir, cfg.log.tensorboard,
-                             purge_step=self.env_steps if self.iteration > 0 else None)
+        main = self.dist.is_main  # torchrun: only rank 0 writes files and shows progress
+        if main:
+            os.makedirs(self.run_dir, exist_ok=True)
+        self.logger = Logger(self.run_dir, cfg.log.tensorboard and main,
+                             # drop events logged after the checkpoint (steps > env_steps)
+                             purge_step=self.env_steps + 1 if self.iteration > 0 else None)
         if self.iteration == 0:
             self.logger.hparams(flatten(to_dict(cfg)), ["rollout/ep_return", "rollout/success"])
         bar = None
-        if cfg.log.progress:
+        if cfg.log.progress and main:
             from tqdm import tqdm
 
             bar = tqdm(total=cfg.max_iterations, initial=self.iteration, unit="it",
@@ -303,7 +430,7 @@ class Runner:
             while self.iteration < cfg.max_iterations:
                 out = self.step()
                 self.logger.scalars(out, self.env_steps)
-                if self.M > 1 and (self.iteration % cfg.log.heatmap_every == 0 or self.iteration == 1):
+                if self._kl is not None and (self.iteration % cfg.log.heatmap_every == 0 or self.iteration == 1):
                     self.logger.kl_heatmap(self._kl, self.env_steps)
                 self._maybe_save_best(out)
                 if self.iteration % cfg.log.ckpt_every == 0:
@@ -316,9 +443,11 @@ class Runner:
                     if "rollout/success" in out:
                         post["succ"] = f"{out['rollout/success']:.2f}"
                     bar.set_postfix(post)
-                if self.signals.requested is not None:
+                if self.dist.any_true(self.signals.requested is not None):  # a signal on any rank
                     path = self.save()
-                    print(f"\n[cpo] signal {self.signals.requested}: checkpoint saved to {path}; exiting")
+                    if main:
+                        sig = self.signals.requested or "on another rank"
+                        print(f"\n[cpo] signal {sig}: checkpoint saved to {path}; exiting")
                     break
             else:
                 if self.iteration % cfg.log.ckpt_every != 0:
@@ -328,6 +457,7 @@ class Runner:
             if bar is not None:
                 bar.close()
             self.logger.close()
+        self.signals.chain()  # SIGUSR1/2 under submitit: its handler requeues the SLURM job
         return out
 
     def _maybe_save_best(self, out: Dict[str, float]) -> None:
@@ -348,7 +478,8 @@ class Runner:
         return {"env": {k: v.clone() for k, v in self.env.state_dict().items()},
                 "obs": self.obs.clone(), "ep_ret": self.ep_ret.clone(), "ep_len": self.ep_len.clone(),
                 "act_gen": self.act_gen.get_state(), "torch_rng": torch.get_rng_state(),
-                "rnn_state": [x.clone() for x in self.rnn_state] if self.rnn_state is not None else []}
+                "rnn_state": [x.clone() for x in self.rnn_state] if self.rnn_state is not None else [],
+                "priv": [self.priv.clone()] if self.priv is not None else []}
 
     def state(self, snapshot: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         """Everything needed to continue exactly (tensors and plain containers only); with a
@@ -356,8 +487,11 @@ class Runner:
         out = self._state()
         if snapshot is not None:
             out["env"] = snapshot["env"]
-            for key in ("obs", "ep_ret", "ep_len", "act_gen", "torch_rng", "rnn_state"):
+            for key in ("obs", "ep_ret", "ep_len", "act_gen", "torch_rng", "rnn_state", "priv"):
                 out["runner"][key] = snapshot[key]
+        if self.dist.enabled:  # torchrun: every rank's envs, observations and RNG streams
+            local = {"env": out["env"], **{k: out["runner"][k] for k in _RANK_LOCAL if k in out["runner"]}}
+            out = self.dist.attach_rank_states(out, local)
         return out
 
     def _state(self) -> Dict[str, Any]:
@@ -375,6 +509,7 @@ class Runner:
                 "ep_ret": self.ep_ret.clone(), "ep_len": self.ep_len.clone(),
                 "last_stats": dict(self.last_stats),
                 "rnn_state": list(self.rnn_state) if self.rnn_state is not None else [],
+                "priv": [self.priv.clone()] if self.priv is not None else [],  # critic obs
                 "nonfinite_resets": self.nonfinite_resets,
             },
         }
@@ -384,14 +519,17 @@ class Runner:
         if path is None:
             name = f"{tag}.pt" if tag else f"ckpt_{self.iteration:06d}.pt"
             path = os.path.join(self.run_dir, "checkpoints", name)
-        ckpt.save(self.state(), path)
+        payload = self.state()  # every rank takes part (torchrun gathers rank states)
+        if not self.dist.is_main:
+            return path
+        ckpt.save(payload, path)
         if tag is None and os.path.basename(path).startswith("ckpt_"):
             ckpt.prune(self.run_dir, self.cfg.log.keep_last)
         return path
 
     def load(self, path: str) -> None:
         """Restore a checkpoint written by :meth:`save`."""
-        payload = ckpt.load(path, map_location=self.device)
+        payload = self._rank_payload(ckpt.load(path, map_location=self.device))
         self.model.load_state_dict(payload["model"])
         self.learner.load_state_dict(payload["learner"])
         if payload["env"]:
@@ -404,6 +542,8 @@ class Runner:
         self.act_gen.set_state(r["act_gen"].cpu())
         torch.set_rng_state(r["torch_rng"].cpu())
         self.obs = r["obs"].to(self.device)
+        if self.priv is not None:
+            self.priv = r["priv"][0].to(self.device)
         self.ep_ret = r["ep_ret"].to(self.device)
         self.ep_len = r["ep_len"].to(self.device)
         self.last_stats = {k: float(v) for k, v in r["last_stats"].items()}
@@ -411,3 +551,23 @@ class Runner:
             self.rnn_state = (r["rnn_state"][0].to(self.device), r["rnn_state"][1].to(self.device))
         self.nonfinite_resets = int(r.get("nonfinite_resets", 0))
 
+
+    def _rank_payload(self, payload: Dict[str, Any]) -> Dict[str, Any]:
+        """A loaded checkpoint with this rank's envs' side in ``env``/``runner`` (torchrun
+        checkpoints carry one per rank). Written by a different number of processes, the
+        envs' side is kept as freshly seeded here: the run goes on from the stored model,
+        optimiser and counters, but not bit for bit. One process on a one-process checkpoint:
+        unchanged."""
+        stored = int(payload.get("world_size", 1))
+        if stored == self.dist.world_size:
+            local = self.dist.rank_state(payload)
+        else:
+            if self.dist.is_main:
+                print(f"[cpo] the checkpoint was written by {stored} process(es), this run has "
+                      f"{self.dist.world_size}: envs restart from fresh episodes (not an exact resume)")
+            fresh = self._state()
+            local = {"env": fresh["env"], **{k: fresh["runner"][k] for k in _RANK_LOCAL}}
+        if local is not None:
+            payload["env"] = local["env"]
+            payload["runner"].update({k: v for k, v in local.items() if k != "env"})
+        return payload

@@ -21,8 +21,22 @@ environments anywhere on the step path.
     ``log``        ``{name: [num_envs] float}``: per-episode metrics (e.g. ``success``),
                    meaningful only in rows where ``terminated | truncated``; the runner
                    averages them over finished episodes into TensorBoard.
-    ``privileged`` optional ``[num_envs, privileged_dim]`` observation for an asymmetric
-                   critic (only when ``privileged_dim > 0``).
+    ``privileged`` ``[num_envs, privileged_dim]``: the critic's observation after the
+                   step (post-autoreset, the same tensor as :meth:`VecEnv.privileged`);
+                   only when ``privileged_dim > 0``.
+    ``final_privileged`` ``[num_envs, privileged_dim]``: the pre-reset critic observation
+                   for rows whose episode ended this step, equal to ``privileged`` in the
+                   other rows (truncated steps bootstrap the critic from it); only when
+                   ``privileged_dim > 0``.
+
+Asymmetric observations (privileged critic)
+    A backend with a separate critic observation (Isaac Gym's ``states``, Isaac Lab's and
+    mjlab's ``critic`` group, or the true state behind a noisy policy observation) sets
+    ``privileged_dim > 0`` and implements :meth:`VecEnv.privileged`, valid after ``reset()``
+    and after every ``step()``, plus the two ``info`` keys above, all on ``env.device``. The
+    learner then feeds the critic (value heads, with their own running normaliser) the
+    privileged observation while the actors see ``obs``; only the actor is exported. With
+    ``privileged_dim == 0`` (the default) none of these exist and the critic sees ``obs``.
 """
 from __future__ import annotations
 
@@ -44,6 +58,7 @@ class VecEnv(abc.ABC):
     observation_space: gym.spaces.Box  # per env
     action_space: gym.spaces.Box  # per env, always [-1, 1]^act_dim
     max_episode_steps: int
+    #: length of the critic's privileged observation; 0 = none (the critic sees ``obs``)
     privileged_dim: int = 0
     has_final_obs: bool = True
     #: mean episode return above which the task counts as solved (None if undefined)
@@ -70,6 +85,12 @@ class VecEnv(abc.ABC):
     def state_dict(self) -> Dict[str, torch.Tensor]:
         """Full simulator state (tensors only) for exact resume; empty if unsupported."""
         return {}
+
+    def privileged(self) -> torch.Tensor:
+        """The current critic observation ``[num_envs, privileged_dim]`` (after ``reset()`` or
+        ``step()``); only envs with ``privileged_dim > 0`` implement it."""
+        raise NotImplementedError(f"{type(self).__name__} has no privileged observation "
+                                  f"(privileged_dim={self.privileged_dim})")
 
     def reset_envs(self, mask: torch.Tensor) -> torch.Tensor:
         """Reset the envs where ``mask [num_envs]`` is true and return the full ``obs`` (used

@@ -107,3 +107,10 @@ def make(env_cfg: Any, device: Any = "cpu", seed: int = 0) -> VecEnv:
 def _load_builtin() -> None:
     """Import the embedded task modules so that they register themselves."""
     importlib.import_module("envs.tasks")
+
+
+# simulator backends, imported on first use only
+register("gymnasium", "envs.gymnasium:SPEC")  # any gymnasium vector env (MuJoCo, robotics)
+register("mjlab", "envs.isaaclab:MJLAB_SPEC")  # mjlab (MuJoCo Warp) manager-based tasks
+register("isaaclab", "envs.isaaclab:ISAACLAB_SPEC")  # Isaac Lab manager-based tasks
+register("isaacgym", "envs.isaacgym:SPEC")  # IsaacGymEnvs tasks (Isaac Gym Preview 4, Python 3.8)
