@@ -347,7 +347,7 @@ def test_mjlab_cartpole_learns(tmp_path):
     envs, 40 iterations, 307 k env steps). All envs start together, so episodes end at
     iterations 7, 13, ..., 38: the first ones (a near-random policy) score ~2.3-2.5 of the
     largest possible 10, the last ones must reach >= 6. Measured (1 torch thread, shared 2-core
-    CPU): 8.5, 8.4, 9.6 for seeds 0, 1, 2, in 42-76 s."""
+    CPU): 8.5, 8.4, 9.6 for seeds 0, 1, 2, in 29-76 s."""
     pytest.importorskip("mjlab", reason=MJLAB_SKIP)
     from bench.common import compose
     from cpo.runner import Runner
