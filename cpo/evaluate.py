@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
@@ -11,6 +11,19 @@ from torch import nn
 from cpo import checkpoint as ckpt
 from cpo.config import TrainConfig
 
+
+
+@torch.no_grad()
+def policy_action(model, obs: torch.Tensor, pol: torch.Tensor, state, stochastic: bool,
+                  gen: Optional[torch.Generator] = None):
+    """One action of policy ``pol`` on ``obs``: the mean (deterministic) or a sample; recurrent
+    models advance their LSTM ``state``. Returns ``(action, new state)``."""
+    base = model.embed(obs) if state is None else None
+    if state is not None:
+        base, state = model.encode_step(obs, state)
+    if stochastic:
+        return model.act(obs, pol, gen, base=base)[0], state
+    return model.mean_base(base, pol), state
 
 def find_checkpoint(run_dir: str, which: str = "best") -> str:
     """``best`` (falls back to the latest), ``latest``, or a path to a checkpoint file."""
@@ -73,13 +86,8 @@ def evaluate(model, cfg: TrainConfig, episodes: int = 100, stochastic: bool = Fa
     finished = torch.zeros(episodes, dtype=torch.bool, device=env.device)
     state = model.initial_state(episodes, env.device) if model.is_recurrent else None
     for _ in range(env.max_episode_steps + 1):
-        base = model.embed(obs) if state is None else None
-        if state is not None:  # each env plays one episode, so the memory is never reset
-            base, state = model.encode_step(obs, state)
-        if stochastic:
-            action = model.act(obs, pol, gen, base=base)[0]
-        else:
-            action = model.mean_base(base, pol)
+        # each env plays one episode, so the memory is never reset
+        action, state = policy_action(model, obs, pol, state, stochastic, gen)
         obs, reward, term, trunc, info = env.step(action)
         ret += reward * (~finished).float()
         done = (term | trunc) & ~finished
@@ -214,13 +222,7 @@ def record_video(model, cfg: TrainConfig, path: str, episodes: int = 3, stochast
         writer.append_data(even_frame(frame))
         frames += 1
         while len(lengths) < episodes:
-            base = model.embed(obs) if state is None else None
-            if state is not None:
-                base, state = model.encode_step(obs, state)
-            if stochastic:
-                action = model.act(obs, pol, gen, base=base)[0]
-            else:
-                action = model.mean_base(base, pol)
+            action, state = policy_action(model, obs, pol, state, stochastic, gen)
             obs, reward, term, trunc, _ = env.step(action)
             ep_len, ep_ret = ep_len + 1, ep_ret + float(reward[0])
             if bool(term[0] | trunc[0]):
