@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -39,23 +39,92 @@ def find_checkpoint(run_dir: str, which: str = "best") -> str:
     return path
 
 
-def load_policy(path: str, device: Any = "cpu"):
-    """(model, TrainConfig) rebuilt from a checkpoint file and its stored config."""
+def is_pbt(cfg: TrainConfig) -> bool:
+    """True for a PBT run (``pbt.population > 0``, what selects cpo.pbt's runner): its
+    checkpoints hold a stacked population, not one ensemble network."""
+    return int(cfg.pbt.population) > 0
+
+
+class LoadedPolicy(NamedTuple):
+    """A network ready for :func:`evaluate`, :func:`export_torchscript` and :func:`record_video`."""
+
+    model: Any
+    """The network (PBT: one member as a one-policy network)."""
+    cfg: TrainConfig
+    """The run's configuration, from the checkpoint."""
+    index: int
+    """The policy of ``model`` to run (always 0 for a PBT member)."""
+    member: Optional[int]
+    """PBT: the member's global id; None for other algorithms."""
+    name: str
+    """What was selected, for messages: ``policy 2``, ``member 5 (best of [0, 1, 2])``."""
+
+
+def _read(path: str, device: Any):
+    """(payload, TrainConfig, (obs_dim, act_dim, privileged_dim)) of a checkpoint file; the
+    sizes come from one env of the run's task."""
     from omegaconf import OmegaConf
 
     from cpo.app import to_train_config
-    from cpo.runner import build_model
     from envs import registry
 
     payload = ckpt.load(path, map_location=device)
     cfg: TrainConfig = to_train_config(OmegaConf.create(payload["config"]))
     spec_env = registry.make(_with_envs(cfg, 1), device=device, seed=0)
+    dims = (spec_env.obs_dim, spec_env.act_dim, spec_env.privileged_dim)
+    spec_env.close()
+    return payload, cfg, dims
+
+
+def select_policy(path: str, device: Any = "cpu", policy: Optional[int] = None) -> LoadedPolicy:
+    """Rebuild the network of checkpoint ``path`` and pick the policy to run.
+
+    Ensembles (ppo/sapg/cpo): ``policy`` is the ensemble index, 0..algo.num_policies-1
+    (default 0). PBT (cpo/pbt.py): ``policy`` is a member's global id (default: the member
+    with the best windowed score in the checkpoint), returned as a one-policy network
+    (cpo.pbt.checkpoint_policy). A policy the checkpoint does not hold raises ValueError
+    naming the ones it does.
+    """
+    payload, cfg, (obs_dim, act_dim, priv_dim) = _read(path, device)
+    if is_pbt(cfg):
+        from cpo.pbt import checkpoint_policy
+
+        gids = [int(g) for g in payload["learner"]["gids"]]
+        if policy is not None and int(policy) not in gids:
+            raise ValueError(f"policy={policy}: this PBT checkpoint holds members {gids} (global "
+                             "ids); leave policy out for the best-scored one")
+        net, gid = checkpoint_policy(payload, cfg, obs_dim, act_dim, member=policy)
+        how = f"best of {gids}" if policy is None else f"of {gids}"
+        return LoadedPolicy(net.to(device).eval(), cfg, 0, gid, f"member {gid} ({how})")
+    index = 0 if policy is None else int(policy)
+    M = int(cfg.algo.num_policies)
+    if not 0 <= index < M:
+        raise ValueError(f"policy={policy}: this checkpoint holds policies 0..{M - 1} "
+                         f"(algo.num_policies={M})")
+    from cpo.runner import build_model
+
     # an asymmetric critic's input size is part of the checkpoint (only the actor is used here)
-    model = build_model(cfg, spec_env.obs_dim, spec_env.act_dim, spec_env.privileged_dim).to(device)
+    model = build_model(cfg, obs_dim, act_dim, priv_dim).to(device)
     model.load_state_dict(payload["model"])
     model.eval()
-    spec_env.close()
-    return model, cfg
+    return LoadedPolicy(model, cfg, index, None, f"policy {index}")
+
+
+def load_policy(path: str, device: Any = "cpu", member: Optional[int] = None):
+    """(model, TrainConfig) rebuilt from a checkpoint file and its stored config.
+
+    A PBT checkpoint gives member ``member`` (global id; default the best-scored) as a
+    one-policy network: evaluate, export or record it as policy 0. ``member`` on any other
+    checkpoint raises ValueError (use :func:`select_policy` to pick an ensemble policy).
+    """
+    if member is not None:
+        loaded = select_policy(path, device, member)
+        if loaded.member is None:
+            raise ValueError(f"member={member}: only PBT checkpoints (pbt.population > 0) hold "
+                             f"members; {path!r} is an algo={loaded.cfg.algo.name} run")
+        return loaded.model, loaded.cfg
+    loaded = select_policy(path, device)
+    return loaded.model, loaded.cfg
 
 
 def _with_envs(cfg: TrainConfig, n: int):

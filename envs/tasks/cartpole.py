@@ -43,6 +43,7 @@ FORCE_MAG = 10.0
 TAU = 0.02  # seconds between state updates
 THETA_THRESHOLD = 12 * 2 * math.pi / 360
 X_THRESHOLD = 2.4
+TRACK_HALF_WIDTH = 0.025  # drawn track: metres either side of y = 0 (2 pixels in all)
 
 
 @dataclasses.dataclass
@@ -92,10 +93,14 @@ class CartPole(Task):
         return state.clone()
 
     def render(self, env_id: int = 0) -> Optional[np.ndarray]:
-        """Track, cart and pole of env ``env_id`` as a uint8 RGB frame."""
+        """Track, cart and pole of env ``env_id`` as a ``110 x 300`` uint8 RGB frame (50 pixels
+        per metre). The track is a black line through the cart's centre (y = 0, as gymnasium
+        draws it), :data:`TRACK_HALF_WIDTH` thick on each side: rows 79 and 80."""
         x, _, theta, _ = self.host_state(env_id)
         c = Canvas((-X_THRESHOLD * 1.25, X_THRESHOLD * 1.25), (-0.6, 1.6), width=300)
-        c.rect(-X_THRESHOLD * 1.25, -0.01, X_THRESHOLD * 1.25, 0.01, (0, 0, 0))  # track
+        # +-0.025 m covers the two pixel rows whose centres are at y = +-0.01; the former
+        # +-0.01 band fell between pixel centres and drew nothing
+        c.rect(-X_THRESHOLD * 1.25, -TRACK_HALF_WIDTH, X_THRESHOLD * 1.25, TRACK_HALF_WIDTH, (0, 0, 0))
         c.rect(x - 0.25, -0.12, x + 0.25, 0.12, (40, 40, 40))  # cart
         tip = (x + 2 * LENGTH * math.sin(theta), 2 * LENGTH * math.cos(theta))
         c.line((x, 0.0), tip, 0.08, (202, 152, 101))  # pole (full length 2 * LENGTH)

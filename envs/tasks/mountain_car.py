@@ -25,7 +25,6 @@ Initial state
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
@@ -94,18 +93,42 @@ class MountainCar(Task):
         return state.clone()
 
     def render(self, env_id: int = 0) -> Optional[np.ndarray]:
-        """Hill, goal flag and car of env ``env_id`` as a uint8 RGB frame."""
+        """Hill, goal flag and car of env ``env_id`` as a ``200 x 300`` uint8 RGB frame
+        (gymnasium's drawing: the track is ``y = 0.45 sin(3x) + 0.55``); a few vectorised
+        numpy passes, about a millisecond."""
         pos, _ = self.host_state(env_id)
-        height = lambda x: math.sin(3 * x) * 0.45 + 0.55  # noqa: E731 (gymnasium's drawing)
         c = Canvas((MIN_POSITION, MAX_POSITION), (-0.05, 1.15), width=300)
-        xs = np.linspace(MIN_POSITION, MAX_POSITION, 60)
-        c.polyline([(x, height(x)) for x in xs], 0.01, (0, 0, 0))
-        c.line((GOAL_POSITION, height(GOAL_POSITION)), (GOAL_POSITION, height(GOAL_POSITION) + 0.1),
-               0.01, (0, 0, 0))
-        c.rect(GOAL_POSITION, height(GOAL_POSITION) + 0.07, GOAL_POSITION + 0.05,
-               height(GOAL_POSITION) + 0.1, (204, 204, 0))
-        c.disc(pos, height(pos) + 0.04, 0.04, (50, 50, 200))
+        draw_hill(c, 0.01, (0, 0, 0))
+        flag = hill_height(GOAL_POSITION)
+        pole = max(0.005, 0.75 / c.scale)  # vertical flag pole: a rectangle, no segment pass
+        c.rect(GOAL_POSITION - pole, flag, GOAL_POSITION + pole, flag + 0.1, (0, 0, 0))
+        c.rect(GOAL_POSITION, flag + 0.07, GOAL_POSITION + 0.05, flag + 0.1, FLAG_COLOR)
+        c.disc(pos, hill_height(pos) + 0.04, 0.04, CAR_COLOR)
         return c.img
+
+
+#: colours of the car and of the goal flag in :meth:`MountainCar.render`
+CAR_COLOR = (50, 50, 200)
+FLAG_COLOR = (204, 204, 0)
+
+
+def hill_height(x: Any) -> Any:
+    """Height of the drawn track at position ``x`` (float or array): ``0.45 sin(3x) + 0.55``,
+    gymnasium's rendering of the hill (the dynamics only use its slope)."""
+    return np.sin(3 * x) * 0.45 + 0.55
+
+
+def draw_hill(c: Canvas, width: float, color: Tuple[int, int, int]) -> None:
+    """Draw the track ``y = hill_height(x)`` with thickness ``width`` (world units; at least
+    1.5 pixels) in one pass: a pixel is on it when its vertical distance to the curve, times
+    the cosine of the slope (``1 / sqrt(1 + h'(x)^2)``), is within half the width. Curves are
+    evaluated once per pixel column, then broadcast over the rows."""
+    xs = c.x[0]  # [W] pixel-centre x of every column
+    ys = c.y[:, :1]  # [H, 1] pixel-centre y of every row
+    h = hill_height(xs)
+    cos_slope = 1.0 / np.sqrt(1.0 + (1.35 * np.cos(3 * xs)) ** 2)  # h'(x) = 1.35 cos(3x)
+    half = max(width / 2, 0.75 / c.scale)
+    c.img[np.abs(ys - h) * cos_slope <= half] = color
 
 
 register("mountain_car", TaskSpec(
