@@ -68,8 +68,12 @@ VARIANTS = {"matched": ["algo.latent_dim=0"], "preset": [],
 
 def variant_overrides(name: str, device: str) -> List[str]:
     """Overrides of variant ``name``; ``fast`` also replays the rollout policy step from a CUDA
-    graph on a GPU (``perf.cuda_graphs``)."""
-    extra = ["perf.cuda_graphs=true"] if name == "fast" and device.startswith("cuda") else []
+    graph on a GPU (``perf.cuda_graphs``) and on a CPU runs the update under bf16 autocast."""
+    extra: List[str] = []
+    if name == "fast":
+        # GPU: the rollout step from a CUDA graph; CPU: bf16 autocast in the update, which runs
+        # the matmuls and ELUs in bf16 (oneDNN, AVX512-BF16/AMX) about 2x faster than fp32
+        extra = ["perf.cuda_graphs=true"] if device.startswith("cuda") else ["algo.mixed_precision=bf16"]
     return VARIANTS[name] + extra
 
 
@@ -90,6 +94,8 @@ DIFFERENCES = [
     "constant learned input), so its first layers are wider than rsl_rl's",
     "NaN checks: both check every env step (ours nonfinite_check=step, rsl_rl check_for_nan=True), "
     "except variant 'fast' (ours once per iteration)",
+    "variant 'fast' on a CPU only: our update runs under bf16 autocast (algo.mixed_precision=bf16); "
+    "rsl_rl has no such switch and stays fp32",
 ]
 
 

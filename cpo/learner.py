@@ -48,6 +48,9 @@ class Batch:
     ent_coef: torch.Tensor  # [R] entropy coefficient of the row's policy (PPO rows)
     num_minibatches: int  # minibatches per epoch for this batch
     n_ppo: int  # rows are ordered: the first n_ppo are PPO rows (on- then off-policy), then coupling
+    #: 1 / (fraction of the leader's envs each follower couples to): a coupling row stands for
+    #: this many rows of the full iteration, so subsampling keeps the loss's expected value
+    coupling_scale: float = 1.0
 
 
 def entropy_coefficients(cfg: AlgoConfig) -> torch.Tensor:
@@ -156,8 +159,10 @@ class Learner:
             pols.append(torch.zeros_like(c))
             kinds.append(torch.ones_like(c))
         lam_row = None
+        cpl_scale = 1.0
         if M > 1 and (float(self.beta.max()) > 0 or cfg.beta_adapt):
             k = max(1, int(round(cfg.coupling_fraction * B)))
+            cpl_scale = B / k  # each sampled leader env stands for B / k of them
             if k < B:  # each follower couples to its own random subset of the leader's envs
                 scores = torch.rand(M - 1, B, generator=self.gen, device=dev)
                 c = scores.argsort(dim=1)[:, :k]
@@ -207,7 +212,7 @@ class Learner:
                      is_onpolicy=(kind[order] == 0).float(), is_coupling=is_cpl[order], adv=adv[order],
                      ret=cat["ret"][order], v_old=cat["v_old"][order], logp_old=ro.logp.reshape(-1)[src],
                      weight=weight[order], ent_coef=ent[order], num_minibatches=num_mb,
-                     n_ppo=T * N + T * (n_off * B if n_off > 0 else 0))
+                     n_ppo=T * N + T * (n_off * B if n_off > 0 else 0), coupling_scale=cpl_scale)
 
     @torch.no_grad()
     def critic_front_end(self, ro: Rollout, base: torch.Tensor, final_base: torch.Tensor):
@@ -304,29 +309,35 @@ class Learner:
         for _ in range(cfg.num_epochs):
             for idx, base, k in self._minibatches(ro, batch):
                 # rows idx[:k] are PPO rows (on- and off-policy), idx[k:] coupling rows
-                src, pol = batch.src[idx], batch.pol[idx]
+                src, pol = batch.src.index_select(0, idx), batch.pol.index_select(0, idx)
                 with self._autocast():
                     if base is None:
-                        base = model.embed(obs[src])
-                    cb = model.embed_critic(priv[src[:k]]) if priv is not None else None
+                        base = model.embed(obs.index_select(0, src))
+                    cb = model.embed_critic(priv.index_select(0, src[:k])) if priv is not None else None
                     mu, log_std, v = self.heads(base, pol, n_critic=k, critic_base=cb)
                 mu, v = mu.float(), v.float()
-                a = act[src]
+                a = act.index_select(0, src)
                 logp = gaussian_log_prob(a, mu, log_std)
-                n = float(idx.numel())
+                # the minibatch size this minibatch would have with every coupling row (k PPO
+                # rows + c / f coupling rows; = idx.numel() when coupling_fraction f = 1)
+                n = k + (idx.numel() - k) * batch.coupling_scale
                 pidx = idx[:k]
-                onp = batch.is_onpolicy[idx]
+                onp = batch.is_onpolicy.index_select(0, idx)
                 n_ppo = float(max(k, 1))
                 # clipped surrogate on PPO rows, summed and divided by the minibatch size so that
                 # PPO and coupling rows keep the paper's proportions (ALGORITHMS.md section 5)
-                surr, ratio = losses.ppo_surrogate(logp[:k], batch.logp_old[pidx], batch.adv[pidx], cfg.clip_eps)
+                surr, ratio = losses.ppo_surrogate(logp[:k], batch.logp_old.index_select(0, pidx),
+                                                   batch.adv.index_select(0, pidx), cfg.clip_eps)
                 policy_loss = surr.sum() / n
-                # beta * w * (-log pi_f(a_L|s_L)) on coupling rows (weight already holds beta * w)
-                coupling = losses.coupling_loss(logp[k:], batch.weight[idx[k:]]).sum() / n
-                vl = losses.value_loss(v, v_old_n[pidx], ret_n[pidx], cfg.clip_eps, cfg.clip_value)
+                # beta * w * (-log pi_f(a_L|s_L)) on coupling rows (weight already holds beta * w);
+                # a subsample's sum times 1 / f estimates the full iteration's sum without bias
+                coupling = (losses.coupling_loss(logp[k:], batch.weight.index_select(0, idx[k:])).sum()
+                            * batch.coupling_scale / n)
+                vl = losses.value_loss(v, v_old_n.index_select(0, pidx), ret_n.index_select(0, pidx),
+                                       cfg.clip_eps, cfg.clip_value)
                 value_loss = vl.sum() / n_ppo
                 ent = gaussian_entropy(log_std)
-                entropy = (batch.ent_coef[pidx] * ent[:k]).sum() / n_ppo
+                entropy = (batch.ent_coef.index_select(0, pidx) * ent[:k]).sum() / n_ppo
                 bounds = losses.bounds_loss(mu[:k]).sum() / n_ppo
                 loss = (policy_loss + coupling + 0.5 * cfg.value_coef * value_loss - entropy
                         + cfg.bounds_coef * bounds)
@@ -334,7 +345,8 @@ class Learner:
                 loss.backward()
                 with torch.no_grad():
                     # KL(old || new) on on-policy rows drives the adaptive learning rate
-                    kl = losses.gaussian_kl(mu_old[src], ro.log_std[pol], mu.detach(), log_std.detach())
+                    kl = losses.gaussian_kl(mu_old.index_select(0, src), ro.log_std.index_select(0, pol),
+                                            mu.detach(), log_std.detach())
                     kl_sum, kl_rows = (kl * onp).sum(), onp.sum()
                 # torchrun: gradients averaged over ranks in one bucket that also sums the KL parts
                 kl_sum, kl_rows = self.dist.sync_grads(model.parameters(), (kl_sum, kl_rows))

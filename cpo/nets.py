@@ -8,10 +8,12 @@ while the actors keep the policy observation; only the actor is ever exported.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, Callable, List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 _ACTIVATIONS = {"elu": nn.ELU, "relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU}
@@ -224,34 +226,63 @@ class EnsembleActorCritic(nn.Module):
         critic runs on the first ``n_critic`` rows only (coupling rows need no value). An
         asymmetric model's critic reads ``critic_base`` (:meth:`embed_critic` of the
         privileged observation, at least the first ``n_critic`` rows) instead of ``base``."""
-        x = torch.cat([base, per_row(self.latents, pol).to(base.dtype)], dim=-1)
-        h = self.actor_trunk(x)
+        h = self.conditioned(self.actor_trunk, base, pol)
         mu = self.mu_head(h)
-        log_std = per_row(self.log_std, pol)
+        log_std = self.policy_log_std(pol)
         value = None
         if critic:
-            k = x.shape[0] if n_critic is None else n_critic
+            k = base.shape[0] if n_critic is None else n_critic
             if self.asymmetric:
                 if critic_base is None:
                     raise RuntimeError("an asymmetric critic needs critic_base (the privileged observation)")
                 # V_pol(s_priv) = critic([normalised privileged obs, phi_pol])
-                xc = torch.cat([critic_base[:k], per_row(self.latents, pol[:k]).to(critic_base.dtype)], dim=-1)
-                value = self.critic(xc).squeeze(-1)
+                value = self.conditioned(self.critic, critic_base[:k], pol[:k]).squeeze(-1)
+            elif self.separate_critic:
+                value = self.conditioned(self.critic, base[:k], pol[:k]).squeeze(-1)
             else:
-                value = (self.critic(x[:k]) if self.separate_critic else self.value_head(h[:k])).squeeze(-1)
+                value = self.value_head(h[:k]).squeeze(-1)
         return mu, log_std, value
+
+    def conditioned(self, seq: nn.Sequential, base: torch.Tensor, pol: torch.Tensor) -> torch.Tensor:
+        """``seq([base, phi_pol])`` without building the concatenated input.
+
+        The first layer's weight splits as W = [W_s, W_phi], so
+        W [s; phi_pol] + b = W_s s + (W_phi phi_pol + b): the latent's contribution is one bias
+        row per policy, a table ``[M, H]`` computed once per call and gathered per row. Same
+        function and parameters as concatenating (checkpoints unchanged), but the first matmul
+        reads F instead of F + latent_dim inputs per row and no ``[R, F + Z]`` copy is made."""
+        first = seq[0]
+        n_in = base.shape[-1]
+        w = first.weight
+        if self.latent_dim == 0:
+            h = F.linear(base, w, first.bias)
+        else:
+            table = F.linear(self.latents, w[:, n_in:], first.bias)  # [M, H]: W_phi phi_m + b
+            if self.num_policies == 1:  # one policy: the table is an ordinary bias
+                h = F.linear(base, w[:, :n_in], table[0])
+            else:
+                h = F.linear(base, w[:, :n_in]) + per_row(table, pol).to(base.dtype)
+        for layer in itertools.islice(seq, 1, None):  # the rest of the MLP as usual
+            h = layer(h)
+        return h
+
+    def policy_log_std(self, pol: torch.Tensor) -> torch.Tensor:
+        """log sigma of each row's policy, ``[R, A]`` (a broadcast view when M = 1, whose
+        backward is a plain sum instead of an embedding-gradient scatter)."""
+        if self.num_policies == 1:
+            return self.log_std[0].expand(pol.shape[0], self.act_dim)
+        return per_row(self.log_std, pol)
 
     def value_base(self, base: torch.Tensor, pol: torch.Tensor) -> torch.Tensor:
         """V_pol from critic features, in reward units: the front-end features, or for an
         asymmetric model the normalised privileged observation (:meth:`embed_critic`)."""
-        x = torch.cat([base, per_row(self.latents, pol).to(base.dtype)], dim=-1)
-        v = self.critic(x) if self.separate_critic else self.value_head(self.actor_trunk(x))
+        v = (self.conditioned(self.critic, base, pol) if self.separate_critic
+             else self.value_head(self.conditioned(self.actor_trunk, base, pol)))
         return self.denorm_value(v.squeeze(-1))
 
     def mean_base(self, base: torch.Tensor, pol: torch.Tensor) -> torch.Tensor:
         """mu_pol from front-end features."""
-        x = torch.cat([base, per_row(self.latents, pol).to(base.dtype)], dim=-1)
-        return self.mu_head(self.actor_trunk(x))
+        return self.mu_head(self.conditioned(self.actor_trunk, base, pol))
 
     def forward(self, obs: torch.Tensor, pol: torch.Tensor, critic: bool = True,
                 critic_obs: Optional[torch.Tensor] = None

@@ -243,7 +243,7 @@ def test_cpo_with_zero_beta_is_exactly_sapg():
     ba, bb = a.build_batch(ro), b.build_batch(ro)
     for f in dataclasses.fields(ba):
         x, y = getattr(ba, f.name), getattr(bb, f.name)
-        assert (x == y) if isinstance(x, int) else torch.equal(x, y), f.name
+        assert (x == y) if isinstance(x, (int, float)) else torch.equal(x, y), f.name
     assert float(ba.is_coupling.sum()) == 0
     sa, sb = a.update(ro, ba), b.update(ro, bb)
     for p, q in zip(a.model.parameters(), b.model.parameters()):
@@ -400,6 +400,41 @@ def test_coupling_fraction_subsamples_leader_transitions():
         assert len(set(envs.tolist())) == 2 and all(e < 4 for e in envs.tolist())
         assert len(envs) == 2 * T
 
+
+
+def test_coupling_fraction_keeps_the_expected_loss():
+    """coupling_fraction f = 0.5 (B = 6, 3 of the leader's envs per follower): each coupling
+    row counts 1 / f times and the minibatch is normalised by the size it would have with every
+    coupling row, n = n_ppo + n_cpl / f. So the 'coupling' statistic and the gradient equal
+    beta * (n_cpl / f) / n * mean_cpl(-w log pi_f), an unbiased estimate of the full term."""
+    T, N, M = 2, 18, 3
+    beta, f = 0.3, 0.5
+    learner = make_learner(M, N, beta=beta, lambda_f=0.5, value_coef=0.0, entropy_coef=0.0,
+                           entropy_scale=0.0, bounds_coef=0.0, max_grad_norm=1e9, num_epochs=1,
+                           lr_schedule="fixed", coupling_fraction=f)
+    ro = make_rollout(learner.model, T, N)
+    batch = learner.build_batch(ro)
+    assert batch.coupling_scale == 2.0
+    cpl = batch.is_coupling > 0
+    n_ppo, n_cpl = int((~cpl).sum()), int(cpl.sum())
+    assert n_cpl == (M - 1) * 3 * T and n_ppo == T * N + T * 6  # on-policy + one off-policy block
+    batch = dataclasses.replace(batch, num_minibatches=1, adv=torch.where(cpl, batch.adv, 0.0))
+    ref = copy.deepcopy(learner.model)
+    grads = _capture_grads(learner)
+    stats = learner.update(ro, batch)
+    w = torch.minimum(torch.exp(batch.adv[cpl] / 0.5), torch.tensor(100.0))
+    src, pol = batch.src[cpl], batch.pol[cpl]
+    mu, log_std, _ = ref(ro.obs[:-1].reshape(-1, OBS)[src], pol)
+    act = ro.actions.reshape(-1, ACT)[src]
+    logp = (-0.5 * ((act - mu) / log_std.exp()) ** 2 - log_std - 0.5 * LOG_2PI).sum(-1)
+    n_full = n_ppo + n_cpl / f  # rows of the same batch without subsampling
+    term = beta * (n_cpl / f) / n_full * (-(w * logp)).mean()
+    term.backward()
+    torch.testing.assert_close(stats["coupling"], term.detach(), rtol=1e-5, atol=1e-7)
+    for gl, p in zip(grads[0], ref.parameters()):
+        expect = p.grad if p.grad is not None else torch.zeros_like(p)
+        got = gl if gl is not None else torch.zeros_like(p)
+        torch.testing.assert_close(got, expect, rtol=1e-4, atol=1e-8)
 
 def test_row_proportions_m6():
     """M=6, beta>0: PPO rows are 7/12 and coupling rows 5/12 of the batch (ALGORITHMS.md s.5)."""
@@ -630,3 +665,40 @@ def test_learner_diagnostics_by_hand():
                        / (2 * torch.exp(2 * ls[j])) - 0.5).sum(-1).mean()
     torch.testing.assert_close(out["kl_matrix"], K, rtol=1e-4, atol=1e-6)
     assert make_learner(1, 4).diagnostics(ro, 4) == {}  # nothing to compare under PPO
+
+
+@pytest.mark.parametrize("M,separate,priv", [(1, True, 0), (4, True, 0), (4, False, 0), (3, True, 5)])
+def test_latent_as_first_layer_bias_equals_concatenated_input(M, separate, priv):
+    """heads() applies the latent as a per-policy bias of the first layer (W_s s + W_phi phi_m
+    + b); values and gradients equal the textbook network on the concatenated input [s, phi]."""
+    model = EnsembleActorCritic(OBS, ACT, M, latent_dim=4, actor_hidden=[16, 8], critic_hidden=[8],
+                                separate_critic=separate, privileged_dim=priv, seed=3)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        model.log_std.copy_(0.3 * torch.randn(model.log_std.shape, generator=g))
+    R = 11
+    base = torch.randn(R, OBS, generator=g)
+    cb = torch.randn(R, priv, generator=g) if priv else None
+    pol = torch.randint(M, (R,), generator=g)
+    mu, log_std, v = model.heads(base, pol, critic_base=cb)
+    ref_model = copy.deepcopy(model)
+    phi = ref_model.latents[pol]  # textbook: concatenate the latent to the input
+    h = ref_model.actor_trunk(torch.cat([base, phi], -1))
+    ref_mu = ref_model.mu_head(h)
+    if priv:
+        ref_v = ref_model.critic(torch.cat([cb, phi], -1)).squeeze(-1)
+    elif separate:
+        ref_v = ref_model.critic(torch.cat([base, phi], -1)).squeeze(-1)
+    else:
+        ref_v = ref_model.value_head(h).squeeze(-1)
+    ref_log_std = ref_model.log_std[pol]
+    torch.testing.assert_close(mu, ref_mu, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(v, ref_v, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(log_std, ref_log_std)
+    w = torch.randn(R, ACT, generator=g)
+    (mu * w).sum().add((v * v).sum()).add((log_std * w).sum()).backward()
+    (ref_mu * w).sum().add((ref_v * ref_v).sum()).add((ref_log_std * w).sum()).backward()
+    for (name, p), q in zip(model.named_parameters(), ref_model.parameters()):
+        assert (p.grad is None) == (q.grad is None), name
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=name)
