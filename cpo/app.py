@@ -25,7 +25,6 @@ def check_unknown_keys(values: Any, schema: Any, prefix: str = "") -> None:
     """Raise :class:`ConfigError` for any key of ``values`` that ``schema`` (a dataclass)
     does not declare, with a "did you mean" (Hydra's ``+key=`` can otherwise add one)."""
     import dataclasses
-    import difflib
 
     if not isinstance(values, dict):
         return
@@ -34,14 +33,124 @@ def check_unknown_keys(values: Any, schema: Any, prefix: str = "") -> None:
         if key == "hydra" and not prefix:
             continue
         if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f"; did you mean {prefix}{close[0]}?" if close else ""
             raise ConfigError(f"{prefix}{key}={value!r} is not a config key "
-                              f"(valid under {prefix or 'the root'}: {', '.join(fields)}){hint}")
+                              f"(valid under {prefix or 'the root'}: {', '.join(fields)})"
+                              f"{_did_you_mean(prefix + str(key), [prefix + f for f in fields])}")
         sub = fields[key].type
         sub = sub if dataclasses.is_dataclass(sub) else _NESTED.get(f"{prefix}{key}")
         if sub is not None:
             check_unknown_keys(value, sub, f"{prefix}{key}.")
+
+
+def schema_keys(schema: Any = None, prefix: str = "") -> List[str]:
+    """Every dotted leaf key of the schema (``seed``, ``algo.lr``, ``env.params``, ...);
+    ``schema`` defaults to :class:`TrainConfig`."""
+    import dataclasses
+
+    out: List[str] = []
+    for f in dataclasses.fields(schema or TrainConfig):
+        sub = _NESTED.get(prefix + f.name)
+        out.extend(schema_keys(sub, f"{prefix}{f.name}.") if sub is not None else [prefix + f.name])
+    return out
+
+
+def _did_you_mean(key: str, level: Sequence[str]) -> str:
+    """``"; did you mean X?"`` for the unknown dotted ``key`` (empty when nothing is close):
+    a key of another section with the same last name first (``horizon`` -> ``algo.horizon``),
+    else the closest of ``level`` (the keys beside it) and all schema keys."""
+    import difflib
+
+    every = schema_keys()
+    leaf = key.rsplit(".", 1)[-1]
+    same_leaf = [k for k in every if k.rsplit(".", 1)[-1] == leaf and k != key]
+    close = same_leaf or difflib.get_close_matches(key, list(dict.fromkeys(list(level) + every)), n=1)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def check_overrides(overrides: Sequence[str], conf_dir: Optional[str] = None) -> None:
+    """Refuse, before Hydra composes, what Hydra would refuse without a hint: a plain
+    ``key=value`` whose key the schema lacks, and a config-group choice (``algo=``, ``env=``,
+    ``experiment=``) with no preset in ``conf_dir`` (default: the repository's ``conf/``;
+    ``""``: skip the group check, e.g. when ``--config-dir`` adds presets from elsewhere).
+    Raises :class:`ConfigError` naming the override and a "did you mean". Flags, ``+key=``
+    (checked after composing by :func:`check_unknown_keys`), ``~key``, ``hydra*`` keys,
+    ``group/sub=`` and sweep functions are left to Hydra."""
+    groups = _config_groups(conf_dir) if conf_dir != "" else {}
+    for ov in overrides:
+        if ov.startswith(("-", "+", "~")) or "=" not in ov:
+            continue
+        key, _, value = ov.partition("=")
+        if not key or key.startswith("hydra") or any(c in key for c in "/@[]${}"):
+            continue
+        if key in groups:
+            _check_group_choice(key, value, groups[key])
+        else:
+            _check_key_path(key, value)
+
+
+def _config_groups(conf_dir: Optional[str]) -> Dict[str, List[str]]:
+    """Config group -> its preset names (sub-folders of ``conf_dir`` but ``hydra``)."""
+    conf_dir = conf_dir or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+    if not os.path.isdir(conf_dir):
+        return {}
+    out: Dict[str, List[str]] = {}
+    for group in sorted(os.listdir(conf_dir)):
+        path = os.path.join(conf_dir, group)
+        if group != "hydra" and os.path.isdir(path):
+            out[group] = sorted(f[:-5] for f in os.listdir(path) if f.endswith(".yaml"))
+    return out
+
+
+def _check_group_choice(group: str, value: str, options: List[str]) -> None:
+    """``group=value`` must name presets of ``group`` (``a,b`` sweeps: each one; ``null``: none)."""
+    import difflib
+    import re
+
+    avail = f"(available: {', '.join(options)})"
+    if value.startswith(("[", "{")):
+        raise ConfigError(f"{group}={value}: a config group takes one preset name {avail}")
+    if not re.fullmatch(r"[\w.-]+(,[\w.-]+)*", value):
+        return  # sweep functions (choice(...), glob(...)) and the like: Hydra checks them
+    for name in value.split(","):
+        if name != "null" and name not in options:
+            close = difflib.get_close_matches(name, options, n=1)
+            hint = f"; did you mean {group}={close[0]}?" if close else ""
+            raise ConfigError(f"{group}={value}: there is no preset {name!r} in conf/{group} {avail}{hint}")
+
+
+def _check_key_path(key: str, value: str) -> None:
+    """Every part of the dotted ``key`` must be declared by the schema (below a dict-typed key
+    such as ``env.params`` anything goes: the task's own schema checks it)."""
+    import dataclasses
+
+    schema: Any = TrainConfig
+    prefix = ""
+    for part in key.split("."):
+        if schema is None:
+            raise ConfigError(f"{key}={value} is not a config key ({prefix[:-1]} is a value, "
+                              "not a section)")
+        fields = {f.name: f for f in dataclasses.fields(schema)}
+        if part not in fields:
+            raise ConfigError(f"{key}={value} is not a config key (valid under {prefix or 'the root'}: "
+                              f"{', '.join(fields)}){_did_you_mean(key, [prefix + f for f in fields])}")
+        if "Dict[" in str(fields[part].type):
+            return
+        prefix += part + "."
+        schema = _NESTED.get(prefix[:-1])
+
+
+def check_argv(argv: Sequence[str]) -> None:
+    """``train.py``'s command line through :func:`check_overrides` (presets are not checked
+    when ``--config-dir`` or ``hydra.searchpath`` may add some): on a refusal print one
+    ``config error:`` line and exit with code 2 (as :func:`main_entry` does), before Hydra."""
+    elsewhere = ("-cd", "--config-dir", "-cp", "--config-path", "hydra.searchpath", "+hydra.searchpath",
+                 "++hydra.searchpath")
+    presets_elsewhere = any(a.startswith(elsewhere) for a in argv[1:])
+    try:
+        check_overrides(list(argv[1:]), "" if presets_elsewhere else None)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 def config_yaml(cfg: TrainConfig) -> str:
@@ -177,11 +286,13 @@ def main_entry(cfg: Any) -> Optional[float]:
 
 
 def rank_argv(argv: List[str]) -> List[str]:
-    """Command-line arguments for this process: under torchrun, ranks > 0 add Hydra overrides
-    so that they create no run directory of their own (their clock may give another
-    timestamp) and write no ``.hydra/`` files or logs: they work in rank 0's directory."""
+    """Command-line arguments for this process (checked first by :func:`check_argv`): under
+    torchrun, ranks > 0 add Hydra overrides so that they create no run directory of their own
+    (their clock may give another timestamp) and write no ``.hydra/`` files or logs: they work
+    in rank 0's directory."""
     from cpo.distributed import rank_from_env
 
+    check_argv(argv)  # unknown keys and presets get a "did you mean" before Hydra composes
     if rank_from_env() == 0:
         return argv
     extra = ["hydra.output_subdir=null", "hydra/job_logging=disabled"]
@@ -190,10 +301,17 @@ def rank_argv(argv: List[str]) -> List[str]:
     return argv + [e for e in extra if not any(a.startswith(e.split("=")[0] + "=") for a in argv[1:])]
 
 
-from cpo.config import AlgoConfig, EnvConfig, LogConfig, NetConfig, PBTConfig  # noqa: E402
+def _nested_sections() -> Dict[str, Any]:
+    """Section name -> its dataclass, for every dataclass-typed field of :class:`TrainConfig`
+    (field types are strings under ``from __future__ import annotations``: resolve them)."""
+    import dataclasses
+    import typing
 
-#: nested sections (dataclass field types are strings under ``from __future__ import annotations``)
-_NESTED = {"algo": AlgoConfig, "env": EnvConfig, "net": NetConfig, "log": LogConfig,
-           "pbt": PBTConfig}
+    hints = typing.get_type_hints(TrainConfig)
+    return {name: cls for name, cls in hints.items() if dataclasses.is_dataclass(cls)}
+
+
+#: nested sections: algo, env, net, log, perf, pbt
+_NESTED = _nested_sections()
 
 register_configs()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -30,7 +31,7 @@ class NetConfig:
     activation: str = "elu"
     """Hidden activation: elu | relu | tanh | silu."""
     init_log_std: float = 0.0
-    """Initial log standard deviation of every policy's Gaussian (state-independent)."""
+    """Initial log standard deviation of every policy's Gaussian (state-independent; finite)."""
     normalize_obs: bool = True
     """Running mean/std observation normaliser, updated once per rollout."""
     normalize_value: bool = True
@@ -118,7 +119,8 @@ class AlgoConfig:
     lambda_f_final: float = 0.2
     """lambda_f at the last iteration for linear/cosine schedules (> 0)."""
     lambda_f_tiers: Optional[List[float]] = None
-    """Optional per-follower lambda_f (length M-1), overriding lambda_f and its schedule."""
+    """Optional per-follower lambda_f (length M-1, each finite and > 0), overriding lambda_f
+    and its schedule."""
     beta_adapt: bool = False
     """Adapt beta by dual ascent so that KL(pi_f || pi_L) tracks kl_target."""
     kl_target: float = 0.3
@@ -254,7 +256,8 @@ class TrainConfig:
     """Top-level training job."""
 
     seed: int = 0
-    """Seed of every generator (envs, sampling, minibatches, initialisation)."""
+    """Seed of every generator (envs, sampling, minibatches, initialisation), in
+    [0, 2**32 - 1] (derived seeds add offsets and must stay within torch's 64-bit range)."""
     device: str = "auto"
     """auto (cuda if available, else cpu) | cpu | cuda | cuda:<i>."""
     max_iterations: int = 100
@@ -296,6 +299,13 @@ def register_configs() -> None:
     cs.store(name="base_config", node=TrainConfig)
 
 
+#: largest accepted ``seed`` (numpy's and most simulators' 32-bit seed range)
+SEED_MAX = 2 ** 32 - 1
+
+#: accepted ``device`` strings: auto, cpu, cuda or cuda:<index>
+_DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+
+
 def _fail(key: str, value: Any, rule: str) -> None:
     raise ConfigError(f"{key}={value!r}: {rule}")
 
@@ -332,7 +342,8 @@ def _validate_world(cfg: TrainConfig) -> None:
     local = e.num_envs // W * a.horizon
     if local % a.num_minibatches != 0:
         raise ConfigError(f"algo.num_minibatches={a.num_minibatches} does not divide the per-process "
-                          f"batch env.num_envs/WORLD_SIZE*algo.horizon={e.num_envs}/{W}*{a.horizon}={local}")
+                          f"batch env.num_envs/WORLD_SIZE*algo.horizon={e.num_envs}/{W}*{a.horizon}={local} "
+                          f"(env.num_envs={e.num_envs}, WORLD_SIZE={W}, algo.horizon={a.horizon})")
     if cfg.device.startswith("cuda:"):
         raise ConfigError(f"device={cfg.device!r} pins one GPU, but torchrun runs WORLD_SIZE={W} "
                           "processes: use device=cuda or auto (each rank takes cuda:LOCAL_RANK)")
@@ -342,7 +353,8 @@ def validate(cfg: TrainConfig) -> None:
     """Check ranges and combinations of a composed config; raise :class:`ConfigError`."""
     a, e, n, g = cfg.algo, cfg.env, cfg.net, cfg.log
     _check(cfg.max_iterations >= 1, "max_iterations", cfg.max_iterations, "must be >= 1")
-    _check(cfg.device == "auto" or cfg.device == "cpu" or cfg.device.startswith("cuda"),
+    _check(0 <= cfg.seed <= SEED_MAX, "seed", cfg.seed, f"must be an integer in [0, {SEED_MAX}]")
+    _check(_DEVICE.fullmatch(str(cfg.device)) is not None,
            "device", cfg.device, "must be auto, cpu, cuda or cuda:<index>")
     _check(cfg.nonfinite in ("stop", "reset"), "nonfinite", cfg.nonfinite, "must be stop or reset")
     _check(cfg.nonfinite_check in ("step", "iteration"), "nonfinite_check", cfg.nonfinite_check,
@@ -358,6 +370,9 @@ def validate(cfg: TrainConfig) -> None:
            "needs a CUDA device (device=cpu)")
     _check(not (cfg.perf.cuda_graphs and cfg.net.rnn_hidden > 0), "perf.cuda_graphs", cfg.perf.cuda_graphs,
            f"captures the feed-forward policy step only (net.rnn_hidden={cfg.net.rnn_hidden})")
+    if cfg.perf.cuda_graphs and cfg.device == "auto":
+        _check(_cuda_available(), "perf.cuda_graphs", cfg.perf.cuda_graphs,
+               "needs a CUDA device (device=auto and torch.cuda.is_available() is False)")
     # ---- ensemble layout
     M = a.num_policies
     _check(M >= 1, "algo.num_policies", M, "must be >= 1")
@@ -372,11 +387,12 @@ def validate(cfg: TrainConfig) -> None:
     batch = e.num_envs * a.horizon
     if batch % a.num_minibatches != 0:
         raise ConfigError(f"algo.num_minibatches={a.num_minibatches} does not divide the batch "
-                          f"env.num_envs*algo.horizon={batch}")
+                          f"env.num_envs*algo.horizon={batch} (env.num_envs={e.num_envs}, "
+                          f"algo.horizon={a.horizon})")
     _validate_world(cfg)
     off = str(a.offpolicy_blocks).strip().lower()
     if off != "all":
-        _check(off.isdigit(), "algo.offpolicy_blocks", a.offpolicy_blocks,
+        _check(re.fullmatch(r"[0-9]+", off) is not None, "algo.offpolicy_blocks", a.offpolicy_blocks,
                "must be an integer k in 1..num_policies-1 or 'all'")
         if M > 1:
             _check(1 <= int(off) <= M - 1, "algo.offpolicy_blocks", a.offpolicy_blocks,
@@ -397,7 +413,7 @@ def validate(cfg: TrainConfig) -> None:
         _check(math.isfinite(val) and val >= 0, f"algo.{key}", val, "must be a finite number >= 0")
     _check(a.lr_max >= a.lr_min, "algo.lr_max", a.lr_max, f"must be >= algo.lr_min={a.lr_min}")
     _check(a.lr_min <= a.lr <= a.lr_max, "algo.lr", a.lr,
-           f"must lie within [algo.lr_min, algo.lr_max] = [{a.lr_min}, {a.lr_max}]")
+           f"must lie within [algo.lr_min={a.lr_min}, algo.lr_max={a.lr_max}]")
     _check(a.lr_schedule in ("adaptive", "fixed", "linear"), "algo.lr_schedule", a.lr_schedule,
            "must be adaptive, fixed or linear")
     _check(a.lambda_f_schedule in ("constant", "linear", "cosine"), "algo.lambda_f_schedule",
@@ -413,13 +429,16 @@ def validate(cfg: TrainConfig) -> None:
     if a.lambda_f_tiers is not None:
         tiers = list(a.lambda_f_tiers)
         _check(len(tiers) == M - 1, "algo.lambda_f_tiers", tiers,
-               f"needs one value per follower (num_policies-1={M - 1})")
-        _check(all(t > 0 for t in tiers), "algo.lambda_f_tiers", tiers, "values must be > 0")
+               f"needs one value per follower (num_policies-1={M - 1}; algo.num_policies={M})")
+        _check(all(math.isfinite(t) and t > 0 for t in tiers), "algo.lambda_f_tiers", tiers,
+               "values must be finite numbers > 0")
     if a.beta_adapt:
-        _check(a.beta > 0 and M >= 2, "algo.beta", a.beta,
-               "must be > 0 with algo.beta_adapt=true (dual ascent adapts beta multiplicatively) and M >= 2")
+        _check(a.beta > 0, "algo.beta", a.beta,
+               "must be > 0 with algo.beta_adapt=true (dual ascent adapts beta multiplicatively)")
+        _check(M >= 2, "algo.beta_adapt", a.beta_adapt,
+               f"needs followers: algo.num_policies >= 2 (algo.num_policies={M})")
     if a.lambda_adv > 0:
-        _check(M >= 2, "algo.lambda_adv", a.lambda_adv, "needs algo.num_policies >= 2")
+        _check(M >= 2, "algo.lambda_adv", a.lambda_adv, f"needs algo.num_policies >= 2 (algo.num_policies={M})")
     # ---- network
     for key in ("actor_hidden", "critic_hidden"):
         widths = list(getattr(n, key))
@@ -428,6 +447,7 @@ def validate(cfg: TrainConfig) -> None:
     _check(n.activation in ("elu", "relu", "tanh", "silu"), "net.activation", n.activation,
            "must be elu, relu, tanh or silu")
     _check(n.obs_clip > 0, "net.obs_clip", n.obs_clip, "must be > 0")
+    _check(math.isfinite(n.init_log_std), "net.init_log_std", n.init_log_std, "must be a finite number")
     _check(n.rnn_hidden >= 0, "net.rnn_hidden", n.rnn_hidden, "must be >= 0 (0 disables the LSTM)")
     # ---- logging
     for key in ("heatmap_every", "diag_samples", "ckpt_every", "keep_last"):
@@ -446,6 +466,13 @@ def validate(cfg: TrainConfig) -> None:
                "must be >= 1 or null")
 
 
+def _cuda_available() -> bool:
+    """Whether torch sees a CUDA device (what ``device=auto`` resolves to cuda with)."""
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
 def validate_pbt(cfg: TrainConfig) -> None:
     """Check the ``pbt`` section and what PBT needs from the rest; raise :class:`ConfigError`."""
     p, a, e = cfg.pbt, cfg.algo, cfg.env
@@ -457,7 +484,8 @@ def validate_pbt(cfg: TrainConfig) -> None:
         _check(p.num_workers == 1, "pbt.num_workers", p.num_workers, "needs pbt.population >= 1")
         return
     _check(p.population * p.num_workers >= 2, "pbt.population", p.population,
-           "the population (pbt.population * pbt.num_workers) needs at least 2 members")
+           f"the population (pbt.population * pbt.num_workers) needs at least 2 members "
+           f"(pbt.num_workers={p.num_workers})")
     if p.num_workers > 1:
         _check(bool(p.shared_dir), "pbt.shared_dir", p.shared_dir,
                f"must name a directory shared by the pbt.num_workers={p.num_workers} processes")
@@ -469,7 +497,8 @@ def validate_pbt(cfg: TrainConfig) -> None:
     member_batch = e.num_envs // p.population * a.horizon
     if member_batch % a.num_minibatches != 0:
         raise ConfigError(f"algo.num_minibatches={a.num_minibatches} does not divide a member's "
-                          f"batch (env.num_envs/pbt.population)*algo.horizon={member_batch}")
+                          f"batch (env.num_envs/pbt.population)*algo.horizon={member_batch} "
+                          f"(env.num_envs={e.num_envs}, pbt.population={p.population}, algo.horizon={a.horizon})")
     _check(a.lr_schedule == "fixed", "algo.lr_schedule", a.lr_schedule,
            "must be fixed with PBT: each member's learning rate is a hyperparameter PBT evolves")
     _check(cfg.net.rnn_hidden == 0, "net.rnn_hidden", cfg.net.rnn_hidden,
@@ -483,7 +512,8 @@ def validate_pbt(cfg: TrainConfig) -> None:
         _check(0.0 < val <= 0.5, f"pbt.{key}", val, "must be in (0, 0.5]")
     it_steps = a.horizon * e.num_envs
     _check(p.interval_steps >= it_steps, "pbt.interval_steps", p.interval_steps,
-           f"must be >= algo.horizon*env.num_envs={it_steps} (one iteration)")
+           f"must be >= algo.horizon*env.num_envs={it_steps} (one iteration; algo.horizon={a.horizon}, "
+           f"env.num_envs={e.num_envs})")
     _check(math.isfinite(p.threshold) and p.threshold >= 0, "pbt.threshold", p.threshold,
            "must be a finite number >= 0")
     _check(p.threshold_mode in ("relative", "absolute"), "pbt.threshold_mode", p.threshold_mode,
