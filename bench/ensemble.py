@@ -1,6 +1,7 @@
 """PPO vs SAPG vs CPO on the embedded exploration task (the sparse point maze).
 
     python bench/ensemble.py [--seeds 0 1 2] [--iters 60] [--lambdas 0.05 0.1 0.2 0.5]
+                             [--algos ppo sapg cpo cpo_cf02:algo=cpo,algo.coupling_fraction=0.2]
                              [--env point_maze] [--out bench/results/ensemble.json]
 
 For every algorithm and seed, same env steps (same N, T, network, epochs): env steps until the
@@ -77,8 +78,10 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--iters", type=int, default=60)
     p.add_argument("--threshold", type=float, default=0.9)
-    p.add_argument("--lambdas", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.5])
-    p.add_argument("--algos", nargs="+", default=["ppo", "sapg", "cpo"])
+    p.add_argument("--lambdas", type=float, nargs="*", default=[0.05, 0.1, 0.2, 0.5],
+                   help="lambda_f values of the CPO ESS sweep (none: skip it)")
+    p.add_argument("--algos", nargs="+", default=["ppo", "sapg", "cpo"],
+                   help="algorithm presets, or NAME:algo=<preset>,key=value,... variants")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--out", default="")
     args = p.parse_args()
@@ -88,10 +91,13 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     result: Dict[str, Any] = {"benchmark": "ensemble", "env": args.env, "iters": args.iters,
                               "threshold": args.threshold, "machine": machine(), "algos": {}}
-    for algo in args.algos:
+    for spec in args.algos:
+        # "cpo" or "cpo_cf02:algo=cpo,algo.coupling_fraction=0.2" (a named variant with overrides)
+        algo, _, extra = spec.partition(":")
+        overrides = extra.split(",") if extra else [f"algo={algo}"]
         runs = []
         for seed in args.seeds:
-            r = one_run([f"algo={algo}", f"env={args.env}", f"seed={seed}"], args.iters, args.threshold)
+            r = one_run(overrides + [f"env={args.env}", f"seed={seed}"], args.iters, args.threshold)
             print({"algo": algo, "seed": seed, **{k: v for k, v in r.items()}}, flush=True)
             runs.append(r)
         result["algos"][algo] = summarise(runs)

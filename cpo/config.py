@@ -128,7 +128,10 @@ class AlgoConfig:
     beta_lr: float = 1.0
     """Dual-ascent step: log beta += beta_lr * (KL / kl_target - 1), per iteration (> 0)."""
     coupling_fraction: float = 1.0
-    """Fraction of the leader's transitions each follower couples to, in (0, 1]."""
+    """Fraction f of the leader's envs each follower couples to, in (0, 1]: a fresh random
+    subset per follower and iteration. The sampled rows count 1/f times and the minibatch is
+    normalised by its full-batch size, so the loss keeps its expected value (and beta its
+    meaning) while the coupling rows, and their cost, shrink by f."""
     mixed_precision: str = "none"
     """Autocast for the update forward: none | bf16 | fp16 (fp16 only on CUDA)."""
 

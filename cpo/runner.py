@@ -45,10 +45,22 @@ def _describe(masks, names=("observation", "reward", "final observation")) -> Tu
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu."""
+    """``auto`` -> cuda when available, else cpu. ``cuda`` / ``cuda:<i>`` on a machine without
+    that GPU fails here, before any env or model is built, with a config error naming the key
+    (``validate`` does not check it, so that configs for a GPU machine validate anywhere)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        from cpo.config import ConfigError
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device={name!r}: no CUDA device is available here (torch "
+                              f"{torch.__version__}, torch.cuda.is_available() is False); use device=cpu or auto")
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(f"device={name!r}: this machine has {count} CUDA device(s), indices 0..{count - 1}")
+    return dev
 
 
 def build_model(cfg: TrainConfig, obs_dim: int, act_dim: int,

@@ -253,3 +253,19 @@ def test_lstm_minibatches_cover_every_row_once(tmp_path):
             seen.append(idx)
     seen = torch.cat(seen).sort().values
     assert torch.equal(seen, torch.arange(batch.src.numel()))
+
+
+def test_missing_cuda_device_fails_before_anything_is_built(tmp_path, monkeypatch):
+    """device=cuda (or an index past the last GPU) on a machine without it is a config error
+    naming the key, raised before the env or model exist (nothing is written to the run dir)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = small_cfg()
+    cfg.device = "cuda"
+    with pytest.raises(ConfigError, match=r"device='cuda': no CUDA device is available here"):
+        Runner(cfg, str(tmp_path / "a"))
+    assert not (tmp_path / "a").exists() or not os.listdir(tmp_path / "a")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    cfg.device = "cuda:2"
+    with pytest.raises(ConfigError, match=r"device='cuda:2': this machine has 2 CUDA device\(s\), indices 0\.\.1"):
+        Runner(cfg, str(tmp_path / "b"))
