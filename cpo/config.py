@@ -132,6 +132,13 @@ class AlgoConfig:
     subset per follower and iteration. The sampled rows count 1/f times and the minibatch is
     normalised by its full-batch size, so the loss keeps its expected value (and beta its
     meaning) while the coupling rows, and their cost, shrink by f."""
+    minibatch_mode: str = "size"
+    """How the off-policy and coupling rows enter the update: ``size`` keeps the minibatch at
+    (T * N) / num_minibatches rows, so extra rows add minibatches (rl_games' and the SAPG and
+    CPO authors' behaviour: more gradient steps per iteration than PPO); ``count`` keeps
+    ``num_minibatches`` minibatches per epoch and makes them larger (as many gradient steps
+    as PPO, each on more rows; on a launch-bound GPU the ensemble then costs about what PPO
+    costs). Recurrent models always split env columns into ``num_minibatches`` groups."""
     mixed_precision: str = "none"
     """Autocast for the update forward: none | bf16 | fp16 (fp16 only on CUDA)."""
 
@@ -423,6 +430,8 @@ def validate(cfg: TrainConfig) -> None:
            a.lambda_f_schedule, "must be constant, linear or cosine")
     _check(0.0 < a.coupling_fraction <= 1.0, "algo.coupling_fraction", a.coupling_fraction,
            "must be in (0, 1]")
+    _check(a.minibatch_mode in ("size", "count"), "algo.minibatch_mode", a.minibatch_mode,
+           "must be size or count")
     _check(a.mixed_precision in ("none", "bf16", "fp16"), "algo.mixed_precision",
            a.mixed_precision, "must be none, bf16 or fp16")
     _check(a.disc_steps >= 1, "algo.disc_steps", a.disc_steps, "must be >= 1")

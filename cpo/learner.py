@@ -202,9 +202,11 @@ class Learner:
             weight[kind == 2] = w * self.beta[cat["pol"][kind == 2]]
         pol = cat["pol"]
         ent = self.ent_coef[pol] * (kind == 0).float()
-        # minibatch size is fixed by the on-policy batch; extra rows add minibatches
-        mb_size = T * N // cfg.num_minibatches
-        num_mb = max(1, int(round(adv.numel() / mb_size)))
+        if cfg.minibatch_mode == "count":  # as many gradient steps as PPO, larger minibatches
+            num_mb = cfg.num_minibatches
+        else:  # minibatch size fixed by the on-policy batch; extra rows add minibatches
+            mb_size = T * N // cfg.num_minibatches
+            num_mb = max(1, int(round(adv.numel() / mb_size)))
         # rows ordered by kind (on-policy, off-policy, coupling): the first n_ppo are PPO rows
         order = torch.argsort(kind, stable=True)
         src = cat["src"][order]

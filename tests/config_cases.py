@@ -192,6 +192,8 @@ def _rules() -> List[Rule]:
         R("algo.lambda_f_schedule", "str", _enum("constant", "linear", "cosine"),
           ("must be constant, linear or cosine",), words=("constant", "linear", "cosine")),
         R("algo.coupling_fraction", "float", lambda v, c: 0.0 < v <= 1.0, ("must be in (0, 1]",)),
+        R("algo.minibatch_mode", "str", _enum("size", "count"), ("must be size or count",),
+          words=("size", "count")),
         R("algo.mixed_precision", "str", _enum("none", "bf16", "fp16"), ("must be none, bf16 or fp16",),
           words=("none", "bf16", "fp16")),
         R("algo.disc_steps", "int", lambda v, c: v >= 1, GE1),

@@ -702,3 +702,27 @@ def test_latent_as_first_layer_bias_equals_concatenated_input(M, separate, priv)
         assert (p.grad is None) == (q.grad is None), name
         if p.grad is not None:
             torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_minibatch_mode_count_keeps_ppos_number_of_gradient_steps():
+    """minibatch_mode=count: CPO's 2 T N rows go into num_minibatches (=2) larger minibatches
+    per epoch, each mixing PPO and coupling rows in the iteration's proportion, so the
+    optimiser takes num_epochs * num_minibatches steps as PPO does; 'size' takes 4 per epoch."""
+    T, N, M = 2, 12, 3
+    steps = {}
+    for mode in ("size", "count"):
+        learner = make_learner(M, N, beta=1e-3, num_epochs=3, num_minibatches=2, minibatch_mode=mode)
+        ro = make_rollout(learner.model, T, N)
+        batch = learner.build_batch(ro)
+        assert batch.src.numel() == T * N + T * (N // M) + (M - 1) * T * (N // M)  # = 2 T N
+        sizes = [(idx.numel(), k) for idx, _, k in learner._minibatches(ro, batch)]
+        if mode == "count":
+            assert batch.num_minibatches == 2
+            # 24 + 8 PPO rows and 16 coupling rows, halved
+            assert sizes == [(24, 16), (24, 16)]
+        else:
+            assert batch.num_minibatches == 4 and len(sizes) == 4
+        grads = _capture_grads(learner)
+        learner.update(ro, batch)
+        steps[mode] = len(grads)
+    assert steps == {"size": 12, "count": 6}
