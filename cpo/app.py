@@ -6,7 +6,7 @@ import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from cpo import checkpoint as ckpt
-from cpo.config import RESUMABLE_KEYS, ConfigError, TrainConfig, register_configs, validate
+from cpo.config import RESUMABLE_KEYS, ConfigError, TrainConfig, config_yaml, register_configs, validate
 
 
 def to_train_config(cfg: Any) -> TrainConfig:
@@ -151,13 +151,6 @@ def check_argv(argv: Sequence[str]) -> None:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         sys.exit(2)
-
-
-def config_yaml(cfg: TrainConfig) -> str:
-    """The resolved config as YAML text (stored in every checkpoint and the run dir)."""
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
 def resume_config(run_dir: str, overrides: Sequence[str]) -> Tuple[TrainConfig, str]:

@@ -301,6 +301,14 @@ RESUMABLE_KEYS = ("max_iterations", "device", "torch_threads", "resume", "run_di
                   "nonfinite", "nonfinite_check")
 
 
+def config_yaml(cfg: TrainConfig) -> str:
+    """The resolved config as YAML text (stored in every checkpoint and the run dir). Needs
+    OmegaConf only, not Hydra, so building a Runner registers nothing with Hydra."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
 def register_configs() -> None:
     """Register the schemas in Hydra's ConfigStore (``base_config`` is the root)."""
     from hydra.core.config_store import ConfigStore

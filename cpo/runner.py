@@ -135,7 +135,7 @@ class Runner:
                  config_yaml: str = "") -> None:
         from envs import registry
 
-        from cpo.app import config_yaml as to_yaml
+        from cpo.config import config_yaml as to_yaml
 
         self.cfg, self.run_dir = cfg, run_dir
         self.config_yaml = config_yaml or to_yaml(cfg)

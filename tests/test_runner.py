@@ -269,3 +269,25 @@ def test_missing_cuda_device_fails_before_anything_is_built(tmp_path, monkeypatc
     cfg.device = "cuda:2"
     with pytest.raises(ConfigError, match=r"device='cuda:2': this machine has 2 CUDA device\(s\), indices 0\.\.1"):
         Runner(cfg, str(tmp_path / "b"))
+
+
+def test_runner_needs_no_hydra(tmp_path):
+    """Building and stepping a Runner from a TrainConfig imports neither Hydra nor cpo.app
+    (library use, benchmarks): checked in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from cpo.config import TrainConfig, validate\n"
+        "from cpo.runner import Runner\n"
+        "c = TrainConfig(); c.env.name, c.env.num_envs = 'cartpole', 12\n"
+        "c.algo.name, c.algo.num_policies, c.device = 'ppo', 1, 'cpu'\n"
+        "c.log.tensorboard = c.log.progress = False\n"
+        "validate(c)\n"
+        f"Runner(c, {str(tmp_path)!r}).step()\n"
+        "print(sorted(m for m in ('hydra', 'cpo.app') if m in sys.modules))\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
