@@ -113,6 +113,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=1_000_000, help="env steps per seed")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--set", nargs="*", default=[], help="extra overrides, e.g. net.init_log_std=-1")
     p.add_argument("--out", default=os.path.join("bench", "results", "mujoco_ppo_cpu.json"))
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                    help="train nothing: combine the runs of these result files (seeds run as "
@@ -131,7 +132,7 @@ def main() -> None:
     runs: List[Dict[str, Any]] = []
     for seed in args.seeds:
         runs.append(one_run(["algo=ppo", f"env={args.env}", f"seed={seed}",
-                             f"torch_threads={args.threads}"], args.steps))
+                             f"torch_threads={args.threads}"] + list(args.set), args.steps))
         r = runs[-1]
         print(f"[mujoco_ppo] seed {seed}: final return {r['final_return']} "
               f"({r['final_episodes']} episodes), eval {r['eval_return']:.1f}, {r['sps']:.0f} SPS",
@@ -139,7 +140,9 @@ def main() -> None:
         if len(runs) < len(args.seeds):  # keep what is done if the job is stopped
             with open(args.out, "w") as f:
                 json.dump(result(args.env, args.steps, runs, complete=False), f, indent=2, default=float)
-    emit(result(args.env, args.steps, runs, complete=True), args.out)
+    doc = result(args.env, args.steps, runs, complete=True)
+    doc["overrides"] = list(args.set)
+    emit(doc, args.out)
 
 
 if __name__ == "__main__":

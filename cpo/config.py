@@ -183,8 +183,9 @@ class PerfConfig:
     default, up to floating-point reassociation; tests/test_fast.py checks this on CPU."""
 
     compile: str = "none"
-    """torch.compile: none | policy (the rollout policy step) | update (the minibatch
-    forward of the update) | all. Costs a one-time compile (tens of seconds) per shape."""
+    """torch.compile: none | policy (the rollout policy step) | update (the minibatch loss:
+    forward, loss terms and their backward) | all. Costs a one-time compile (tens of seconds)
+    per shape."""
     cuda_graphs: bool = False
     """Capture the rollout policy step in a CUDA graph and replay it every env step (one
     launch instead of dozens); needs a CUDA device and a feed-forward network."""

@@ -9,7 +9,8 @@ and by ``RunningMeanStd.update``, so a captured graph always sees their current 
 ``tests/test_fast.py`` checks each switch against eager on CPU (CUDA graphs on a GPU).
 
 What is covered: the feed-forward rollout step (``policy``), the minibatch forward of the
-update (``update``: the network heads, whose backward AOTAutograd compiles with them), and
+update (``update``: the whole minibatch loss, ``cpo.learner.minibatch_loss`` — heads forward
+and every loss term, whose backward AOTAutograd compiles with them), and
 the Adam step (``fused_adam``). Not covered: the recurrent front end (an LSTM step is already
 one cuDNN call) and a CUDA graph of the whole update step, whose minibatch shapes vary by
 one row between chunks.

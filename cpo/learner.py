@@ -16,9 +16,10 @@ no observation is copied to build the batch.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -95,8 +96,12 @@ class Learner:
         perf = perf if perf is not None else PerfConfig()
         self.optimizer = torch.optim.Adam(model.parameters(), lr=self.lr,
                                           fused=fast.use_fused_adam(perf, device) or None)
-        # the minibatch forward (heads; AOTAutograd compiles its backward with it)
-        self.heads = fast.compiled(model.heads, perf.compile in ("update", "all"))
+        #: the minibatch loss (heads forward + every loss term), compiled whole with
+        #: ``perf.compile=update|all`` so that its elementwise tail fuses and its backward
+        #: is one AOTAutograd graph
+        self.autocast_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.mixed_precision]
+        self.loss_fn = fast.compiled(functools.partial(minibatch_loss, model, cfg, device.type, self.autocast_dtype),
+                                     perf.compile in ("update", "all"))
         self.gen = torch.Generator(device=device).manual_seed(seed + 7919)
         self.beta = torch.full((self.M,), float(cfg.beta), device=device)
         self.beta[0] = 0.0  # the leader has no coupling term
@@ -107,7 +112,6 @@ class Learner:
         if cfg.lambda_adv > 0 and self.M > 1:
             self.disc = Discriminator(model.obs_dim, model.act_dim, self.M, cfg.disc_hidden).to(device)
             self.disc_opt = torch.optim.Adam(self.disc.parameters(), lr=cfg.disc_lr)
-        self.autocast_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.mixed_precision]
         self.iteration = 0
         self._base: Optional[torch.Tensor] = None
         self._base_of: Optional[int] = None
@@ -312,44 +316,20 @@ class Learner:
             for idx, base, k in self._minibatches(ro, batch):
                 # rows idx[:k] are PPO rows (on- and off-policy), idx[k:] coupling rows
                 src, pol = batch.src.index_select(0, idx), batch.pol.index_select(0, idx)
+                pidx = idx[:k]
                 with self._autocast():
                     if base is None:
                         base = model.embed(obs.index_select(0, src))
                     cb = model.embed_critic(priv.index_select(0, src[:k])) if priv is not None else None
-                    mu, log_std, v = self.heads(base, pol, n_critic=k, critic_base=cb)
-                mu, v = mu.float(), v.float()
-                a = act.index_select(0, src)
-                logp = gaussian_log_prob(a, mu, log_std)
-                # the minibatch size this minibatch would have with every coupling row (k PPO
-                # rows + c / f coupling rows; = idx.numel() when coupling_fraction f = 1)
-                n = k + (idx.numel() - k) * batch.coupling_scale
-                pidx = idx[:k]
-                onp = batch.is_onpolicy.index_select(0, idx)
-                n_ppo = float(max(k, 1))
-                # clipped surrogate on PPO rows, summed and divided by the minibatch size so that
-                # PPO and coupling rows keep the paper's proportions (ALGORITHMS.md section 5)
-                surr, ratio = losses.ppo_surrogate(logp[:k], batch.logp_old.index_select(0, pidx),
-                                                   batch.adv.index_select(0, pidx), cfg.clip_eps)
-                policy_loss = surr.sum() / n
-                # beta * w * (-log pi_f(a_L|s_L)) on coupling rows (weight already holds beta * w);
-                # a subsample's sum times 1 / f estimates the full iteration's sum without bias
-                coupling = (losses.coupling_loss(logp[k:], batch.weight.index_select(0, idx[k:])).sum()
-                            * batch.coupling_scale / n)
-                vl = losses.value_loss(v, v_old_n.index_select(0, pidx), ret_n.index_select(0, pidx),
-                                       cfg.clip_eps, cfg.clip_value)
-                value_loss = vl.sum() / n_ppo
-                ent = gaussian_entropy(log_std)
-                entropy = (batch.ent_coef.index_select(0, pidx) * ent[:k]).sum() / n_ppo
-                bounds = losses.bounds_loss(mu[:k]).sum() / n_ppo
-                loss = (policy_loss + coupling + 0.5 * cfg.value_coef * value_loss - entropy
-                        + cfg.bounds_coef * bounds)
+                loss, terms = self.loss_fn(
+                    base, cb, pol, k, act.index_select(0, src), batch.logp_old.index_select(0, pidx),
+                    batch.adv.index_select(0, pidx), batch.weight.index_select(0, idx[k:]),
+                    v_old_n.index_select(0, pidx), ret_n.index_select(0, pidx),
+                    batch.ent_coef.index_select(0, pidx), batch.is_onpolicy.index_select(0, idx),
+                    mu_old.index_select(0, src), ro.log_std.index_select(0, pol), batch.coupling_scale)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                with torch.no_grad():
-                    # KL(old || new) on on-policy rows drives the adaptive learning rate
-                    kl = losses.gaussian_kl(mu_old.index_select(0, src), ro.log_std.index_select(0, pol),
-                                            mu.detach(), log_std.detach())
-                    kl_sum, kl_rows = (kl * onp).sum(), onp.sum()
+                kl_sum, kl_rows = terms.pop("kl_sum"), terms.pop("kl_rows")
                 # torchrun: gradients averaged over ranks in one bucket that also sums the KL parts
                 kl_sum, kl_rows = self.dist.sync_grads(model.parameters(), (kl_sum, kl_rows))
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -360,11 +340,8 @@ class Learner:
                         new_lr = torch.where(kl > 2.0 * cfg.kl_threshold, self.lr / 1.5,
                                              torch.where(kl < 0.5 * cfg.kl_threshold, self.lr * 1.5, self.lr))
                         self.lr.copy_(new_lr.clamp(cfg.lr_min, cfg.lr_max))
-                    clipfrac = ((ratio - 1.0).abs() > cfg.clip_eps).float().sum() / n_ppo
-                    for key, val in (("policy", policy_loss), ("value", value_loss),
-                                     ("entropy", (ent * onp).sum() / onp.sum().clamp(min=1.0)),
-                                     ("coupling", coupling), ("bounds", bounds), ("approx_kl", kl),
-                                     ("clipfrac", clipfrac), ("grad_norm", grad_norm)):
+                    terms.update(approx_kl=kl, grad_norm=grad_norm)
+                    for key, val in terms.items():
                         stats[key] += val.detach().float()
                 steps += 1
         out = {k: v / steps for k, v in stats.items()}
@@ -464,6 +441,55 @@ class Learner:
         if self.disc is not None:
             self.disc.load_state_dict(sd["disc"])
             self.disc_opt.load_state_dict(sd["disc_opt"])
+
+
+def minibatch_loss(model: EnsembleActorCritic, cfg: AlgoConfig, device_type: str,
+                   autocast_dtype: Optional[torch.dtype], base: torch.Tensor, cb: Optional[torch.Tensor],
+                   pol: torch.Tensor, k: int, act: torch.Tensor, logp_old: torch.Tensor, adv: torch.Tensor,
+                   weight: torch.Tensor, v_old_n: torch.Tensor, ret_n: torch.Tensor, ent_coef: torch.Tensor,
+                   onp: torch.Tensor, mu_old: torch.Tensor, log_std_old: torch.Tensor,
+                   coupling_scale: float) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """The loss of one minibatch and its statistics: a pure function of the gathered rows.
+
+    Rows ``[:k]`` are PPO rows (on- and off-policy; ``logp_old``, ``adv``, ``v_old_n``,
+    ``ret_n``, ``ent_coef`` hold theirs), rows ``[k:]`` coupling rows (``weight`` = beta * w).
+    ``base``/``cb``: actor / privileged-critic features; ``onp``: 1 for on-policy rows;
+    ``mu_old``/``log_std_old``: the behaviour policy (for the adaptive LR's KL).
+    L = (1/n) sum_PPO surr + (s/n) sum_cpl beta w (-log pi_f) + 0.5 c_v mean_PPO(value error)
+    - mean_PPO(c_ent H) + c_b mean_PPO(bounds), with n = k + (R - k) s the minibatch size
+    the rows stand for (s = 1/coupling_fraction; ALGORITHMS.md section 5).
+    Statistics: the loss terms, ``clipfrac``, on-policy ``entropy``, and ``kl_sum``/``kl_rows``
+    (sum of KL(old || new) over on-policy rows and their count). ``perf.compile=update``
+    compiles this whole function (forward and, through AOTAutograd, its backward)."""
+    with torch.autocast(device_type=device_type, dtype=autocast_dtype or torch.bfloat16,
+                        enabled=autocast_dtype is not None):
+        mu, log_std, v = model.heads(base, pol, n_critic=k, critic_base=cb)
+    mu, v = mu.float(), v.float()
+    logp = gaussian_log_prob(act, mu, log_std)
+    # the minibatch size with every coupling row (k PPO rows + c / f coupling rows)
+    n = k + (mu.shape[0] - k) * coupling_scale
+    n_ppo = max(k, 1)
+    # clipped surrogate on PPO rows, summed and divided by the minibatch size so that PPO and
+    # coupling rows keep the paper's proportions (ALGORITHMS.md section 5)
+    surr, ratio = losses.ppo_surrogate(logp[:k], logp_old, adv, cfg.clip_eps)
+    policy_loss = surr.sum() / n
+    # beta * w * (-log pi_f(a_L|s_L)) on coupling rows (weight already holds beta * w); a
+    # subsample's sum times 1 / f estimates the full iteration's sum without bias
+    coupling = losses.coupling_loss(logp[k:], weight).sum() * coupling_scale / n
+    value_loss = losses.value_loss(v, v_old_n, ret_n, cfg.clip_eps, cfg.clip_value).sum() / n_ppo
+    ent = gaussian_entropy(log_std)
+    entropy = (ent_coef * ent[:k]).sum() / n_ppo
+    bounds = losses.bounds_loss(mu[:k]).sum() / n_ppo
+    loss = policy_loss + coupling + 0.5 * cfg.value_coef * value_loss - entropy + cfg.bounds_coef * bounds
+    with torch.no_grad():
+        # KL(old || new) on on-policy rows drives the adaptive learning rate
+        kl = losses.gaussian_kl(mu_old, log_std_old, mu.detach(), log_std.detach())
+        terms = {"policy": policy_loss.detach(), "value": value_loss.detach(),
+                 "entropy": (ent * onp).sum() / onp.sum().clamp(min=1.0),
+                 "coupling": coupling.detach(), "bounds": bounds.detach(),
+                 "clipfrac": ((ratio - 1.0).abs() > cfg.clip_eps).float().sum() / n_ppo,
+                 "kl_sum": (kl * onp).sum(), "kl_rows": onp.sum()}
+    return loss, terms
 
 
 def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
