@@ -94,7 +94,11 @@ def select_policy(path: str, device: Any = "cpu", policy: Optional[int] = None) 
             raise ValueError(f"policy={policy}: this PBT checkpoint holds members {gids} (global "
                              "ids); leave policy out for the best-scored one")
         net, gid = checkpoint_policy(payload, cfg, obs_dim, act_dim, member=policy)
-        how = f"best of {gids}" if policy is None else f"of {gids}"
+        scored = bool((payload["learner"]["ep_cnt"].sum(0) > 0).any())
+        if policy is not None:
+            how = f"of {gids}"
+        else:  # checkpoint_policy falls back to the first member when none has a score yet
+            how = f"best of {gids}" if scored else f"first of {gids}: no member has a score yet"
         return LoadedPolicy(net.to(device).eval(), cfg, 0, gid, f"member {gid} ({how})")
     index = 0 if policy is None else int(policy)
     M = int(cfg.algo.num_policies)

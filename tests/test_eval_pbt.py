@@ -129,3 +129,19 @@ def test_pbt_member_video(tmp_path):
     assert summary["video"] == os.path.join(str(tmp_path / "r"), "videos", "member1.mp4")
     frames = imageio.get_reader(summary["video"]).count_frames()
     assert 1 <= frames <= 12
+
+
+def test_unscored_checkpoint_says_first_member_not_best(pbt_run, tmp_path):
+    """A checkpoint saved before any member finished an episode: the first member is run and
+    the message says so instead of claiming it is the best."""
+    _, path, payload, _ = pbt_run
+    payload = dict(payload, learner=dict(payload["learner"]))
+    payload["learner"]["ep_cnt"] = torch.zeros_like(payload["learner"]["ep_cnt"])
+    payload["learner"]["ep_sum"] = torch.zeros_like(payload["learner"]["ep_sum"])
+    run_dir = tmp_path / "r"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    fresh = str(run_dir / "checkpoints" / os.path.basename(path))
+    ckpt.save(payload, fresh)
+    loaded = select_policy(fresh)
+    assert loaded.member == 0
+    assert loaded.name == "member 0 (first of [0, 1, 2]: no member has a score yet)"
