@@ -29,6 +29,12 @@ sub-population and, at every round, atomically writes ``worker_<w>.pt`` (scores,
 optimiser state, hyperparameters of its members) and reads the other workers' newest files;
 it ranks the union and changes only its own members (a remote source is copied from the
 file). ``pbt.sync_timeout > 0`` waits for the others to publish the same round first.
+
+Asymmetric critic: on an env with ``privileged_dim > 0`` every member's critic reads the
+privileged observation through its own normaliser (cpo/stacked.py), as the ensemble's does; the
+runner's rollout stores ``privileged`` / ``final_privileged`` (cpo/runner.py), truncated steps
+bootstrap from V(final_privileged), exploit copies the critic and ``priv_rms`` with the rest, and
+:func:`member_policy` still acts from policy observations only.
 """
 from __future__ import annotations
 
@@ -46,7 +52,7 @@ from cpo import losses
 from cpo.config import PBT_HYPERPARAMS, ConfigError, PBTConfig, TrainConfig, pbt_range
 from cpo.nets import gaussian_entropy, gaussian_log_prob
 from cpo.rollout import Rollout, gae
-from cpo.runner import NonFiniteError, Runner
+from cpo.runner import NonFiniteError, Runner, check_privileged_critic
 from cpo.stacked import (StackedActorCritic, StackedAdam, StackedLinear, clip_grad_norm_per_member,
                          from_members, to_members)
 
@@ -153,14 +159,16 @@ def initial_hyperparameters(cfg: TrainConfig, gids: Sequence[int]) -> Dict[str, 
 
 def member_policy(cfg: TrainConfig, model: StackedActorCritic, p: int):
     """Member ``p`` as a one-policy :class:`cpo.nets.EnsembleActorCritic` (latent_dim 0) holding
-    its weights, log-std and normalisers: the network cpo.evaluate evaluates and exports."""
+    its weights, log-std and normalisers: the network cpo.evaluate evaluates and exports. An
+    asymmetric member keeps its privileged critic and ``priv_rms`` (so ``value`` reads
+    privileged observations); acting, evaluation and export read policy observations only."""
     import copy
 
     from cpo.runner import build_model
 
     one = copy.deepcopy(cfg)
     one.algo.num_policies, one.algo.latent_dim = 1, 0
-    net = build_model(one, model.obs_dim, model.act_dim)
+    net = build_model(one, model.obs_dim, model.act_dim, model.privileged_dim)
     src: Dict[str, torch.Tensor] = {}
     for name, mod in model.named_modules():
         if isinstance(mod, StackedLinear):
@@ -170,7 +178,7 @@ def member_policy(cfg: TrainConfig, model: StackedActorCritic, p: int):
             src[key + ".weight"] = mod.weight[p].t()  # [in, out] -> nn.Linear's [out, in]
             src[key + ".bias"] = mod.bias[p, 0]
     src["log_std"] = model.log_std[p:p + 1]
-    for rms in ("obs_rms", "value_rms"):
+    for rms in ("obs_rms", "value_rms") + (("priv_rms",) if model.asymmetric else ()):
         for k in ("mean", "var", "count"):
             src[f"{rms}.{k}"] = getattr(getattr(model, rms), k)[p]
     sd = net.state_dict()
@@ -187,13 +195,16 @@ def checkpoint_policy(payload: Dict[str, Any], cfg: TrainConfig, obs_dim: int, a
                       member: Optional[int] = None) -> Tuple[Any, int]:
     """(one-policy network, global member id) from a PBT checkpoint ``payload``: ``member`` by
     global id, or by default the member with the best score in the checkpoint's windows (for
-    cpo.evaluate, which evaluates and exports policy 0 of a network)."""
+    cpo.evaluate, which evaluates and exports policy 0 of a network). The privileged critic's
+    input size of an asymmetric run is read from the stored ``priv_rms`` statistics."""
     P = cfg.pbt.population
     gids = [int(g) for g in payload["learner"]["gids"]]
+    priv = payload["model"].get("priv_rms.mean")
     model = StackedActorCritic(obs_dim, act_dim, P, list(cfg.net.actor_hidden), list(cfg.net.critic_hidden),
                                separate_critic=cfg.net.separate_critic, activation=cfg.net.activation,
                                normalize_obs=cfg.net.normalize_obs, normalize_value=cfg.net.normalize_value,
-                               obs_clip=cfg.net.obs_clip)
+                               obs_clip=cfg.net.obs_clip,
+                               privileged_dim=int(priv.shape[-1]) if priv is not None else 0)
     model.load_state_dict(payload["model"])
     if member is None:  # best windowed score; members without one rank last
         cnt = payload["learner"]["ep_cnt"].sum(0)
@@ -259,6 +270,7 @@ class MemberBatch:
     adv: torch.Tensor  # advantages, standardised per member
     ret: torch.Tensor  # value targets in reward units
     v_old: torch.Tensor  # values at collection, reward units
+    critic_obs: Optional[torch.Tensor] = None  # raw privileged observations (asymmetric critic)
 
 
 class PBTLearner:
@@ -291,16 +303,20 @@ class PBTLearner:
     @torch.no_grad()
     def build_batch(self, ro: Rollout, has_final_obs: bool = True) -> MemberBatch:
         """GAE targets with each member's own critic, gamma and lambda; advantages standardised
-        per member (its own mean and std)."""
+        per member (its own mean and std). An asymmetric critic reads the rollout's privileged
+        observations, and truncated steps bootstrap from V(final_privileged)."""
         model, P = self.model, self.P
         T, N = ro.horizon, ro.num_envs
         B = N // P
         r = ro.rewards * self.algo.reward_scale
+        # the critic's raw inputs: policy observations, or the privileged ones (asymmetric)
+        c_obs, c_final = ((ro.privileged, ro.final_privileged) if model.asymmetric
+                          else (ro.obs, ro.final_obs))
         # V(s'_t): the next stored value, V(s_T) after the last step, V(final_obs) where truncated
-        v_last = model.value(ro.obs[T].reshape(P, B, -1)).reshape(1, N)
+        v_last = model.value(c_obs[T].reshape(P, B, -1)).reshape(1, N)
         next_v = torch.cat([ro.values[1:], v_last], dim=0)
         if has_final_obs:  # one critic pass over all final observations: no index sync
-            v_final = from_members(model.value(to_members(ro.final_obs, P)), T)
+            v_final = from_members(model.value(to_members(c_final, P)), T)
             next_v = torch.where(ro.truncated, v_final, next_v)
         else:
             next_v = torch.where(ro.truncated, ro.values, next_v)
@@ -314,7 +330,8 @@ class PBTLearner:
         return MemberBatch(obs=to_members(ro.obs[:-1], P), act=to_members(ro.actions, P),
                            logp_old=to_members(ro.logp, P), mu_old=to_members(ro.mu, P),
                            log_std_old=ro.log_std.clone(), adv=adv, ret=to_members(ret, P),
-                           v_old=to_members(ro.values, P))
+                           v_old=to_members(ro.values, P),
+                           critic_obs=to_members(c_obs[:-1], P) if model.asymmetric else None)
 
     # ---- the update ----------------------------------------------------------------------
     def permutations(self, rows: int) -> torch.Tensor:
@@ -345,7 +362,9 @@ class PBTLearner:
                     i = idx.view(P, -1, *([1] * (x.dim() - 2))).expand(P, idx.shape[1], *x.shape[2:])
                     return torch.gather(x, 1, i)
 
-                mu, log_std, v = model.heads(model.embed(take(batch.obs)))
+                # an asymmetric critic reads the same rows' privileged observations
+                cx = model.embed_critic(take(batch.critic_obs)) if model.asymmetric else None
+                mu, log_std, v = model.heads(model.embed(take(batch.obs)), critic_x=cx)
                 logp = gaussian_log_prob(take(batch.act), mu, log_std.unsqueeze(1))  # [P, mb]
                 adv = take(batch.adv)
                 # clipped surrogate with each member's epsilon, mean over its rows -> [P]
@@ -475,8 +494,14 @@ class PBTLearner:
             payload, j = remote[c.src]
             p = local[c.dst]
             named = self.model.member_tensors()
-            for name, t in named.items():
+            for name, t in named.items():  # check every tensor before overwriting any
+                if name not in payload["model"]:
+                    raise RuntimeError(
+                        f"pbt: worker {payload['worker']}'s members have no tensor {name}: the workers "
+                        "of one population must share the task (privileged observations included) "
+                        "and the network sizes")
                 self._check_shape(name, t, payload["model"][name], payload)
+            for name, t in named.items():
                 t[p] = payload["model"][name][j].to(t.device, t.dtype)
             for t, s in zip(self.optimizer.tensors(), payload["optimizer"]):
                 t[p] = s[j].to(t.device, t.dtype)
@@ -538,11 +563,14 @@ class PBTRunner(Runner):
             raise ConfigError(f"pbt.population={P}: PBT does not run under torchrun; start one "
                               "process per worker with pbt.shared_dir, pbt.num_workers, pbt.worker_id")
         gids = [cfg.pbt.worker_id * P + i for i in range(P)]
+        priv_dim = int(self.env.privileged_dim)  # > 0: the members' critics read privileged obs
+        check_privileged_critic(cfg, priv_dim)
         model = StackedActorCritic(
             self.env.obs_dim, self.env.act_dim, P, list(n.actor_hidden), list(n.critic_hidden),
             separate_critic=n.separate_critic, activation=n.activation, init_log_std=n.init_log_std,
             normalize_obs=n.normalize_obs, normalize_value=n.normalize_value, obs_clip=n.obs_clip,
-            member_seeds=[member_seed(cfg.seed, g) for g in gids]).to(self.device)
+            member_seeds=[member_seed(cfg.seed, g) for g in gids],
+            privileged_dim=priv_dim).to(self.device)
         self.shared = (SharedDir(cfg.pbt.shared_dir, cfg.pbt.worker_id, cfg.pbt.num_workers)
                        if cfg.pbt.shared_dir else None)
         return model, PBTLearner(model, cfg, gids, self.device)
@@ -557,6 +585,8 @@ class PBTRunner(Runner):
         stats = L.update(batch)
         if cfg.net.normalize_obs:  # once per rollout, raw observations, each member its own block
             self.model.obs_rms.update(self.storage.obs[:-1])
+            if self.model.asymmetric:  # the critic's own normaliser, same schedule
+                self.model.priv_rms.update(self.storage.privileged[:-1])
         L.record_episodes(sums["return"], sums["count"])
         self.iteration += 1
         steps = self.storage.horizon * self.storage.num_envs

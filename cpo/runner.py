@@ -63,18 +63,24 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+def check_privileged_critic(cfg: TrainConfig, privileged_dim: int) -> None:
+    """An env that gives the critic a privileged observation needs ``net.separate_critic``
+    (the shared actor trunk only sees policy observations): a config error naming the key."""
+    if privileged_dim > 0 and not cfg.net.separate_critic:
+        from cpo.config import ConfigError
+
+        raise ConfigError(f"net.separate_critic={cfg.net.separate_critic}: env {cfg.env.name!r} gives the "
+                          f"critic a privileged observation (privileged_dim={privileged_dim}), which needs "
+                          "its own network: set net.separate_critic=true")
+
+
 def build_model(cfg: TrainConfig, obs_dim: int, act_dim: int,
                 privileged_dim: int = 0) -> EnsembleActorCritic:
     """The ensemble actor-critic described by ``cfg`` (seeded by ``cfg.seed``); with
     ``privileged_dim > 0`` (the env's, see envs/base.py) the critic reads the privileged
     observation, which needs ``net.separate_critic=true``."""
     n, a = cfg.net, cfg.algo
-    if privileged_dim > 0 and not n.separate_critic:
-        from cpo.config import ConfigError
-
-        raise ConfigError(f"net.separate_critic={n.separate_critic}: env {cfg.env.name!r} gives the critic a "
-                          f"privileged observation (privileged_dim={privileged_dim}), which needs its own "
-                          "network: set net.separate_critic=true")
+    check_privileged_critic(cfg, privileged_dim)
     return EnsembleActorCritic(
         obs_dim, act_dim, num_policies=a.num_policies, latent_dim=a.latent_dim,
         actor_hidden=list(n.actor_hidden), critic_hidden=list(n.critic_hidden),

@@ -157,29 +157,45 @@ class StackedActorCritic(nn.Module):
     own critic MLP (or a value head on its actor trunk when ``separate_critic`` is false),
     and its own observation and value normalisers. ``member_seeds[p]`` seeds member p's
     initial weights, so a member's initialisation does not depend on P or on other members.
+
+    Asymmetric critic (``privileged_dim > 0``, the env's, envs/base.py): V_p reads the raw
+    privileged observation through member p's own normaliser ``priv_rms`` (stacked like the
+    others) while the actor keeps the policy observation, as :class:`cpo.nets.EnsembleActorCritic`
+    does; it needs ``separate_critic``. ``priv_rms`` is registered only then, so symmetric
+    checkpoints keep their keys.
     """
 
     def __init__(self, obs_dim: int, act_dim: int, members: int, actor_hidden: Sequence[int],
                  critic_hidden: Sequence[int], separate_critic: bool = True, activation: str = "elu",
                  init_log_std: float = 0.0, normalize_obs: bool = True, normalize_value: bool = True,
-                 obs_clip: float = 5.0, member_seeds: Optional[Sequence[int]] = None) -> None:
+                 obs_clip: float = 5.0, member_seeds: Optional[Sequence[int]] = None,
+                 privileged_dim: int = 0) -> None:
         super().__init__()
         P = members
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.num_policies = P  # env blocks, as for the ensemble (the runner splits envs by it)
         self.separate_critic = separate_critic
         self.normalize_obs, self.normalize_value = normalize_obs, normalize_value
+        self.privileged_dim = int(privileged_dim)  # read by the runner to store privileged obs
+        if self.privileged_dim < 0:
+            raise ValueError(f"privileged_dim={self.privileged_dim}: must be >= 0 (0: symmetric critic)")
+        if self.privileged_dim > 0 and not separate_critic:
+            raise ValueError(f"an asymmetric critic (privileged_dim={self.privileged_dim}) needs "
+                             "separate_critic=True: the actor trunk only sees policy observations")
         # gains as cpo.nets: sqrt(2) on hidden layers, 1 on the trunk's last, 0.01 on the mean
         self.actor = stacked_mlp(P, [obs_dim] + list(actor_hidden), activation, 1.0,
                                  final_activation=True)
         self.mu_head = StackedLinear(P, actor_hidden[-1], act_dim, 0.01)
         if separate_critic:
-            self.critic = stacked_mlp(P, [obs_dim] + list(critic_hidden) + [1], activation, 1.0)
+            critic_in = self.privileged_dim if self.privileged_dim > 0 else obs_dim
+            self.critic = stacked_mlp(P, [critic_in] + list(critic_hidden) + [1], activation, 1.0)
         else:
             self.value_head = StackedLinear(P, actor_hidden[-1], 1, 1.0)
         self.log_std = nn.Parameter(torch.full((P, act_dim), float(init_log_std)))
         self.obs_rms = StackedRunningMeanStd(P, (obs_dim,), clip=obs_clip)
         self.value_rms = StackedRunningMeanStd(P, ())
+        if self.privileged_dim > 0:  # registered only when used: symmetric checkpoints keep their keys
+            self.priv_rms = StackedRunningMeanStd(P, (self.privileged_dim,), clip=obs_clip)
         seeds = list(member_seeds) if member_seeds is not None else list(range(P))
         layers = [m for m in self.modules() if isinstance(m, StackedLinear)]
         with torch.random.fork_rng(devices=[]):
@@ -193,24 +209,46 @@ class StackedActorCritic(nn.Module):
         """Always False (the runner's LSTM paths are skipped)."""
         return False
 
+    @property
+    def asymmetric(self) -> bool:
+        """True when the critic reads a privileged observation instead of the actor's input."""
+        return self.privileged_dim > 0
+
     # ---- member-ordered evaluation: inputs [P, R, D] --------------------------------------
     def embed(self, obs: torch.Tensor) -> torch.Tensor:
         """Each member's normalised observation, ``[P, R, D]``."""
         return self.obs_rms.normalize(obs) if self.normalize_obs else obs
 
-    def heads(self, x: torch.Tensor, critic: bool = True
+    def embed_critic(self, priv: torch.Tensor) -> torch.Tensor:
+        """Each member's normalised privileged observation ``priv [P, R, D_priv]`` (member p
+        with its own ``priv_rms`` statistics); asymmetric models only."""
+        if not self.asymmetric:
+            raise RuntimeError("embed_critic needs a model built with privileged_dim > 0")
+        return self.priv_rms.normalize(priv) if self.normalize_obs else priv
+
+    def heads(self, x: torch.Tensor, critic: bool = True, critic_x: Optional[torch.Tensor] = None
               ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         """Normalised observations ``x [P, R, D]`` -> (mu [P, R, A], log_std [P, A], normalised
-        value [P, R] or None)."""
+        value [P, R] or None). An asymmetric model's critic reads ``critic_x`` (its
+        :meth:`embed_critic` of the privileged observations of the same rows) instead of ``x``."""
         h = self.actor(x)
         mu = self.mu_head(h)
         value = None
         if critic:
-            value = (self.critic(x) if self.separate_critic else self.value_head(h)).squeeze(-1)
+            if self.asymmetric:
+                if critic_x is None:
+                    raise RuntimeError("an asymmetric critic needs critic_x (the normalised "
+                                       "privileged observation)")
+                value = self.critic(critic_x).squeeze(-1)
+            else:
+                value = (self.critic(x) if self.separate_critic else self.value_head(h)).squeeze(-1)
         return mu, self.log_std, value
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
-        """V_p(obs) in reward units for raw member-ordered ``obs [P, R, D]`` -> ``[P, R]``."""
+        """V_p(obs) in reward units for the critic's raw member-ordered input ``obs [P, R, D]``
+        -> ``[P, R]``: the policy observation, or for an asymmetric model the privileged one."""
+        if self.asymmetric:
+            return self.denorm_value(self.critic(self.embed_critic(obs)).squeeze(-1))
         x = self.embed(obs)
         v = self.critic(x) if self.separate_critic else self.value_head(self.actor(x))
         return self.denorm_value(v.squeeze(-1))
@@ -239,21 +277,28 @@ class StackedActorCritic(nn.Module):
                     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Pure step on env-ordered raw ``obs [N, D]`` with noise ``eps [N, A]``: env n acts with
         member n // (N / P) (``pol`` must be that block layout; it is not read). Returns
-        (action, log_prob, mu, value in reward units), env-ordered."""
+        (action, log_prob, mu, value in reward units), env-ordered. An asymmetric model's value
+        reads the raw privileged ``critic_obs [N, D_priv]``; without it the value is 0 (acting
+        for evaluation never needs it)."""
         P, N = self.num_policies, obs.shape[0]
         x = self.embed(obs.reshape(P, N // P, -1))  # [P, B, D]
-        mu, log_std, v = self.heads(x)
+        cx = None
+        if self.asymmetric and critic_obs is not None:
+            cx = self.embed_critic(critic_obs.reshape(P, N // P, -1))  # [P, B, D_priv]
+        with_value = not self.asymmetric or cx is not None
+        mu, log_std, v = self.heads(x, critic=with_value, critic_x=cx)
         action = mu + torch.exp(log_std).unsqueeze(1) * eps.reshape(P, N // P, -1)  # a = mu + sigma * eps
         logp = gaussian_log_prob(action, mu, log_std.unsqueeze(1))
-        value = self.denorm_value(v)
+        value = self.denorm_value(v) if v is not None else torch.zeros_like(logp)
         return (action.reshape(N, -1), logp.reshape(N), mu.reshape(N, -1), value.reshape(N))
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, pol: torch.Tensor, generator: Optional[torch.Generator] = None,
-            base: Optional[torch.Tensor] = None
+            base: Optional[torch.Tensor] = None, critic_obs: Optional[torch.Tensor] = None
             ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Sample env-ordered actions (see :meth:`policy_step`)."""
-        return self.policy_step(obs, pol, self.noise(obs.shape[0], generator, obs.device))
+        """Sample env-ordered actions (see :meth:`policy_step`); ``critic_obs`` is the raw
+        privileged observation of an asymmetric model (the runner's rollout passes it)."""
+        return self.policy_step(obs, pol, self.noise(obs.shape[0], generator, obs.device), critic_obs)
 
     # ---- member state --------------------------------------------------------------------
     def member_tensors(self) -> Dict[str, torch.Tensor]:
