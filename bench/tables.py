@@ -152,7 +152,8 @@ TABLES: Dict[str, Any] = {
     "peers_cpu_parity": ("peers_cpu", peers_parity),
 }
 
-MARKER = re.compile(r"(<!-- table:(?P<name>[\w]+) -->\n)(?P<body>.*?)(\n<!-- /table -->)", re.S)
+#: one marked block; its body may be empty and never reaches into another block
+MARKER = re.compile(r"(<!-- table:(?P<name>\w+) -->\n)(?P<body>(?:(?!<!-- /?table).)*?)(<!-- /table -->)", re.S)
 
 
 def render(name: str) -> Optional[str]:
@@ -169,7 +170,7 @@ def rewrite(text: str) -> str:
         if name not in TABLES:
             raise SystemExit(f"README.md: unknown table {name!r} (known: {', '.join(TABLES)})")
         body = render(name)
-        return m.group(0) if body is None else m.group(1) + body + m.group(4)
+        return m.group(0) if body is None else m.group(1) + body + "\n" + m.group(4)
     return MARKER.sub(sub, text)
 
 

@@ -36,3 +36,15 @@ def test_rewrite_replaces_only_marked_blocks(tmp_path):
         assert "unknown table 'nope'" in str(err)
     else:
         raise AssertionError("an unknown table name must fail")
+
+
+def test_an_empty_block_is_filled_without_swallowing_the_next_one(tmp_path):
+    """A freshly added empty block gets its table, and the text and block after it stay put
+    (a regression: the first version of the pattern ran on to the next block's end marker)."""
+    readme = tmp_path / "README.md"
+    fast, scaling = tables.render("gpu_fast_h100"), tables.render("gpu_scaling_h100")
+    readme.write_text("a\n<!-- table:gpu_fast_h100 -->\n<!-- /table -->\nmiddle text\n"
+                      "<!-- table:gpu_scaling_h100 -->\nold\n<!-- /table -->\nz\n")
+    assert tables.main(["--write", "--readme", str(readme)]) == 0
+    assert readme.read_text() == (f"a\n<!-- table:gpu_fast_h100 -->\n{fast}\n<!-- /table -->\nmiddle text\n"
+                                  f"<!-- table:gpu_scaling_h100 -->\n{scaling}\n<!-- /table -->\nz\n")
