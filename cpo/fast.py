@@ -8,7 +8,8 @@ parameters, normaliser statistics and latents it reads are updated in place by t
 and by ``RunningMeanStd.update``, so a captured graph always sees their current values.
 ``tests/test_fast.py`` checks each switch against eager on CPU (CUDA graphs on a GPU).
 
-What is covered: the feed-forward rollout step (``policy``), the minibatch forward of the
+What is covered: the feed-forward rollout step (``policy``; with an asymmetric critic the
+privileged observation is its fourth input; PBT's stacked step too), the minibatch forward of the
 update (``update``: the whole minibatch loss, ``cpo.learner.minibatch_loss`` — heads forward
 and every loss term, whose backward AOTAutograd compiles with them), and
 the Adam step (``fused_adam``). Not covered: the recurrent front end (an LSTM step is already
@@ -42,8 +43,9 @@ def compiled(fn: Callable, on: bool) -> Callable:
 
 
 def policy_step(model: EnsembleActorCritic, perf: PerfConfig, device: torch.device
-                ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], StepOut]:
-    """The rollout's ``step(obs, pol, eps) -> (action, logp, mu, value)`` for ``perf``:
+                ) -> Callable[..., StepOut]:
+    """The rollout's ``step(obs, pol, eps[, critic_obs]) -> (action, logp, mu, value)`` for
+    ``perf`` (``critic_obs``: the raw privileged observation of an asymmetric model):
     eager, compiled, CUDA-graph replayed, or compiled and then captured."""
     if model.is_recurrent:
         return model.policy_step  # recurrent models step their LSTM outside (see module doc)
@@ -56,11 +58,13 @@ def policy_step(model: EnsembleActorCritic, perf: PerfConfig, device: torch.devi
 
 
 class GraphedStep:
-    """Replays a pure ``fn(obs, pol, eps)`` from a CUDA graph captured on the first call.
+    """Replays a pure ``fn(obs, pol, eps[, critic_obs])`` from a CUDA graph captured on the
+    first call.
 
     Inputs are copied into static buffers and the graph is replayed: one launch per env step
     instead of one per kernel. Outputs are cloned because the next replay overwrites the
-    static output buffers. A call with different shapes re-captures.
+    static output buffers. A call with different shapes (or another number of inputs)
+    re-captures.
     """
 
     def __init__(self, fn: Callable[..., StepOut], warmup: int = 3) -> None:
@@ -69,8 +73,8 @@ class GraphedStep:
         self.graph: Optional[torch.cuda.CUDAGraph] = None
         self.shapes: Optional[Tuple[torch.Size, ...]] = None
 
-    def _capture(self, obs: torch.Tensor, pol: torch.Tensor, eps: torch.Tensor) -> None:
-        self.inputs = (obs.clone(), pol.clone(), eps.clone())
+    def _capture(self, *inputs: torch.Tensor) -> None:
+        self.inputs = tuple(x.clone() for x in inputs)
         # warm up on a side stream (allocator and any lazy initialisation happen outside)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -81,14 +85,14 @@ class GraphedStep:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.outputs = self.fn(*self.inputs)
-        self.shapes = (obs.shape, pol.shape, eps.shape)
+        self.shapes = tuple(x.shape for x in inputs)
 
     @torch.no_grad()
-    def __call__(self, obs: torch.Tensor, pol: torch.Tensor, eps: torch.Tensor) -> StepOut:
-        """Same result as ``fn(obs, pol, eps)``."""
-        if self.graph is None or self.shapes != (obs.shape, pol.shape, eps.shape):
-            self._capture(obs, pol, eps)
-        for buf, x in zip(self.inputs, (obs, pol, eps)):
+    def __call__(self, *inputs: torch.Tensor) -> StepOut:
+        """Same result as ``fn(*inputs)``."""
+        if self.graph is None or self.shapes != tuple(x.shape for x in inputs):
+            self._capture(*inputs)
+        for buf, x in zip(self.inputs, inputs):
             buf.copy_(x)
         assert self.graph is not None
         self.graph.replay()

@@ -241,16 +241,15 @@ class Runner:
             ro.obs[t] = self.obs
             if self.priv is not None:
                 ro.privileged[t] = self.priv
-            if self.rnn_state is not None or self.priv is not None:
-                base = None
-                if self.rnn_state is not None:
-                    base, self.rnn_state = model.encode_step(self.obs, self.rnn_state)
-                # an asymmetric critic's value reads the privileged observation (eager step)
+            if self.rnn_state is not None:  # the LSTM steps outside the pure policy step
+                base, self.rnn_state = model.encode_step(self.obs, self.rnn_state)
                 action, logp, mu, value = model.act(self.obs, self.pol_env, self.act_gen, base=base,
                                                     critic_obs=self.priv)
-            else:  # the pure step (eager, compiled or CUDA-graph replayed: cpo/fast.py)
+            else:  # the pure step (eager, compiled or CUDA-graph replayed: cpo/fast.py); an
+                # asymmetric critic's value reads the privileged observation as a fourth input
                 eps = model.noise(env.num_envs, self.act_gen, self.device)
-                action, logp, mu, value = self._policy_step(self.obs, self.pol_env, eps)
+                extra = (self.priv,) if self.priv is not None else ()
+                action, logp, mu, value = self._policy_step(self.obs, self.pol_env, eps, *extra)
             obs, reward, term, trunc, info = env.step(action)
             final_obs = info.get("final_obs", obs)
             masks = _nonfinite(obs, reward, final_obs)
