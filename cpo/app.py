@@ -137,6 +137,25 @@ def _check_key_path(key: str, value: str) -> None:
             return
         prefix += part + "."
         schema = _NESTED.get(prefix[:-1])
+    kind = str(fields[part].type)
+    if kind in ("bool", "Optional[bool]"):
+        _check_bool(key, value, nullable=kind != "bool")
+
+
+#: what OmegaConf reads as a bool; anything else (it turns ``2`` into true) is refused here
+_BOOL_WORDS = ("true", "false", "yes", "no", "on", "off", "1", "0")
+
+
+def _check_bool(key: str, value: str, nullable: bool = False) -> None:
+    """A bool key takes true/false (yes/no, on/off, 1/0; ``null`` too when ``nullable``); a
+    comma list is a sweep of them. OmegaConf would silently read ``log.progress=2`` as true."""
+    if "$" in value or "(" in value:
+        return  # interpolations and sweep functions: OmegaConf / Hydra check them
+    words = _BOOL_WORDS + (("null",) if nullable else ())
+    for item in value.split(","):
+        if item.strip().lower() not in words:
+            raise ConfigError(f"{key}={value}: must be true or false{' or null' if nullable else ''} "
+                              f"({'/'.join(words)})")
 
 
 def check_argv(argv: Sequence[str]) -> None:

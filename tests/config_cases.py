@@ -42,7 +42,8 @@ BASES: Dict[str, Tuple[str, ...]] = {
     "pbt_all": ("algo=pbt", "pbt.mutate=[" + ",".join(PBT_HYPERPARAMS) + "]"),
 }
 #: any of these in an error message says which rule was broken for a wrong type (OmegaConf)
-TYPE_RULES = ("could not be converted", "is not a valid bool", "is not a ListConfig", "Cannot convert")
+TYPE_RULES = ("could not be converted", "is not a valid bool", "is not a ListConfig", "Cannot convert",
+              "must be true or false")
 HINT = "did you mean"
 
 

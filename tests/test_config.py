@@ -3,6 +3,7 @@ before any compute."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -106,3 +107,20 @@ def test_paper_presets_compose():
     anymal = composed("experiment=anymal")
     assert kuka.net.rnn_hidden == 768 and hand.net.rnn_hidden == 0
     assert (anymal.algo.value_coef, anymal.algo.reward_scale, anymal.algo.kl_threshold) == (2.0, 1.0, 0.008)
+
+
+@pytest.mark.parametrize("override,ok", [
+    ("log.progress=2", False), ("perf.cuda_graphs=maybe", False), ("net.normalize_obs=yes", True),
+    ("log.progress=False", True), ("perf.cuda_graphs=true,false", True), ("perf.fused_adam=null", True),
+    ("log.tensorboard=null", False), ("log.progress=${oc.env:PROGRESS}", True)])
+def test_bool_keys_refuse_what_omegaconf_would_read_as_true(override, ok):
+    """OmegaConf reads log.progress=2 as true; the command-line check refuses anything but
+    true/false/yes/no/on/off/1/0 (and null for optional bools), naming key and value."""
+    from cpo.app import check_overrides
+
+    if ok:
+        check_overrides([override])
+    else:
+        key, _, value = override.partition("=")
+        with pytest.raises(ConfigError, match=rf"^{re.escape(key)}={re.escape(value)}: must be true or false"):
+            check_overrides([override])

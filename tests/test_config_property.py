@@ -290,7 +290,8 @@ def test_random_override_strings_are_accepted_or_clearly_refused(data):
 
 @pytest.mark.parametrize("overrides,message", [
     (["algo.horizon=abc"], "Error merging override algo.horizon=abc\nValue 'abc' of type 'str' could not be converted to Integer"),
-    (["log.progress=maybe"], "Value 'maybe' is not a valid bool"),
+    (["log.progress=maybe"], "log.progress=maybe: must be true or false (true/false/yes/no/on/off/1/0)"),
+    (["log.progress=2"], "log.progress=2: must be true or false"),
     (["algo.lamda_f=0.1"], "algo.lamda_f=0.1 is not a config key (valid under algo.: name, "),
     (["algo.lamda_f=0.1"], "; did you mean algo.lambda_f?"),
     (["+algo.lamda_f=0.1"], "; did you mean algo.lambda_f?"),
