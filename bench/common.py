@@ -5,7 +5,7 @@ import json
 import os
 import platform
 import sys
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import torch
 
@@ -25,6 +25,13 @@ def compose(overrides: List[str]):
         cfg = to_train_config(hcompose("config", overrides=list(overrides)))
     validate(cfg)
     return cfg
+
+
+def variant(spec: str) -> Tuple[str, List[str]]:
+    """A benchmark variant from the command line: ``cpo`` -> ("cpo", ["algo=cpo"]), or
+    ``NAME:algo=cpo,algo.coupling_fraction=0.2`` -> (NAME, those overrides)."""
+    name, _, extra = spec.partition(":")
+    return name, (extra.split(",") if extra else [f"algo={name}"])
 
 
 def machine() -> Dict[str, Any]:

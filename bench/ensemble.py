@@ -22,7 +22,7 @@ import time
 from typing import Any, Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import compose, emit, machine
+from bench.common import compose, emit, machine, variant
 
 
 def one_run(overrides: List[str], iters: int, threshold: float) -> Dict[str, Any]:
@@ -92,9 +92,7 @@ def main() -> None:
     result: Dict[str, Any] = {"benchmark": "ensemble", "env": args.env, "iters": args.iters,
                               "threshold": args.threshold, "machine": machine(), "algos": {}}
     for spec in args.algos:
-        # "cpo" or "cpo_cf02:algo=cpo,algo.coupling_fraction=0.2" (a named variant with overrides)
-        algo, _, extra = spec.partition(":")
-        overrides = extra.split(",") if extra else [f"algo={algo}"]
+        algo, overrides = variant(spec)  # "cpo" or "cpo_cf02:algo=cpo,algo.coupling_fraction=0.2"
         runs = []
         for seed in args.seeds:
             r = one_run(overrides + [f"env={args.env}", f"seed={seed}"], args.iters, args.threshold)

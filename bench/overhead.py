@@ -22,7 +22,7 @@ import time
 from typing import Any, Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import compose, emit, machine  # noqa: E402
+from bench.common import compose, emit, machine, variant  # noqa: E402
 
 PHASES = ("build_batch", "diagnostics", "update_discriminator", "update")
 
@@ -91,10 +91,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    variants: Dict[str, List[str]] = {a: [f"algo={a}"] for a in args.algos}
-    for spec in args.extra:
-        name, over = spec.split(":", 1)
-        variants[name] = over.split(",")
+    variants: Dict[str, List[str]] = dict(variant(spec) for spec in list(args.algos) + list(args.extra))
     common = [f"env={args.env}", f"env.num_envs={args.num_envs}"] + list(args.set)
     runners = {name: timed_runner(over + common, args.device) for name, over in variants.items()}
     blocks: Dict[str, List[Dict[str, float]]] = {name: [] for name in variants}

@@ -15,7 +15,6 @@ no observation is copied to build the batch.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 from dataclasses import dataclass
@@ -290,9 +289,7 @@ class Learner:
 
     # ---- the update ---------------------------------------------------------------------
     def _autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+        return autocast(self.device.type, self.autocast_dtype)
 
     def update(self, ro: Rollout, batch: Batch) -> Dict[str, torch.Tensor]:
         """``num_epochs`` passes of shuffled minibatches; returns statistics averaged over all
@@ -443,6 +440,13 @@ class Learner:
             self.disc_opt.load_state_dict(sd["disc_opt"])
 
 
+def autocast(device_type: str, dtype: Optional[torch.dtype]):
+    """``torch.autocast`` to ``dtype`` (algo.mixed_precision), or a disabled one for None; the
+    one context both the update's front end and :func:`minibatch_loss` use (torch.compile
+    traces it)."""
+    return torch.autocast(device_type=device_type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
 def minibatch_loss(model: EnsembleActorCritic, cfg: AlgoConfig, device_type: str,
                    autocast_dtype: Optional[torch.dtype], base: torch.Tensor, cb: Optional[torch.Tensor],
                    pol: torch.Tensor, k: int, act: torch.Tensor, logp_old: torch.Tensor, adv: torch.Tensor,
@@ -461,8 +465,7 @@ def minibatch_loss(model: EnsembleActorCritic, cfg: AlgoConfig, device_type: str
     Statistics: the loss terms, ``clipfrac``, on-policy ``entropy``, and ``kl_sum``/``kl_rows``
     (sum of KL(old || new) over on-policy rows and their count). ``perf.compile=update``
     compiles this whole function (forward and, through AOTAutograd, its backward)."""
-    with torch.autocast(device_type=device_type, dtype=autocast_dtype or torch.bfloat16,
-                        enabled=autocast_dtype is not None):
+    with autocast(device_type, autocast_dtype):
         mu, log_std, v = model.heads(base, pol, n_critic=k, critic_base=cb)
     mu, v = mu.float(), v.float()
     logp = gaussian_log_prob(act, mu, log_std)
