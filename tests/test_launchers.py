@@ -17,8 +17,20 @@ from cpo.runner import Runner
 from tests.test_runner import small_cfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HAS_JOBLIB = importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is not None
-HAS_SUBMITIT = importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None
+
+
+def has_module(name: str) -> bool:
+    """Whether ``name`` can be imported. ``find_spec`` of a dotted name imports its parent
+    package and raises ModuleNotFoundError when that is absent (``hydra_plugins`` exists only
+    once some Hydra plugin is installed), so a missing parent counts as missing too."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+HAS_JOBLIB = has_module("hydra_plugins.hydra_joblib_launcher")
+HAS_SUBMITIT = has_module("hydra_plugins.hydra_submitit_launcher")
 NO_PLUGIN = 'the Hydra launcher plugin is not installed (pip install -e ".[cluster]")'
 
 
