@@ -12,6 +12,28 @@ The batch has three kinds of rows, all evaluated in one batched forward per mini
 
 Rows are referenced by index into the rollout (``src``) and carry a policy id (``pol``), so
 no observation is copied to build the batch.
+
+Loss reduction (ALGORITHMS.md section 5, as the CPO authors' code does it): every term is
+summed over the rows it applies to and divided by the full minibatch size n, which counts
+PPO rows and coupling rows alike,
+
+    L = (1/n) [ sum_PPO surr + beta sum_cpl w (-log pi_f) + 0.5 c_v sum_PPO value error
+                - sum_PPO c_ent H + c_b sum_PPO bounds ],
+
+so that beta = 1e-3 means what it means in the paper. (Dividing the critic, entropy and
+bounds sums by the number of PPO rows instead makes them n / n_PPO = 12/7 times stronger
+against the coupling under CPO with M = 6; PPO and SAPG have no coupling rows, n = n_PPO.)
+
+Adaptive learning rate (ALGORITHMS.md section 9, rl_games' semantics): once per mini-epoch,
+from that epoch's mean KL(current || reference) over on-policy rows, where each row's
+reference (mu, sigma) starts as the rollout's behaviour policy and is refreshed with the
+row's own pre-step (mu, sigma) every time its minibatch is trained, so each epoch measures
+how far one more pass moved the policy: lr / 1.5 above 2 kl_threshold, lr * 1.5 below
+kl_threshold / 2, clamped to [lr_min, lr_max]. ``lr_adapt_every=minibatch`` applies the rule
+after every minibatch to that minibatch's KL instead (rl_games' ``legacy`` schedule, which
+the authors' Humanoid and Anymal configs use). Unlike the authors' code, the KL leaves out
+the leader's off-policy rows: against their behaviour policy (a follower) it measures the
+leader-follower divergence, not the size of the update, and would cut the LR every epoch 0.
 """
 from __future__ import annotations
 
@@ -307,9 +329,19 @@ class Learner:
         ret_n = model.norm_value(batch.ret)
         v_old_n = model.norm_value(batch.v_old)
         stats = {k: torch.zeros((), device=self.device) for k in
-                 ("policy", "value", "entropy", "coupling", "bounds", "approx_kl", "clipfrac", "grad_norm")}
+                 ("policy", "value", "entropy", "coupling", "bounds", "clipfrac", "grad_norm")}
+        # the adaptive LR's reference policy per PPO row of the batch: the behaviour (mu,
+        # log sigma) at first, then each row's own pre-step (mu, log sigma) from the last time
+        # its minibatch was trained (rl_games' update_mu_sigma); indexed by batch row, which
+        # is unique, unlike the rollout index that an off-policy row shares with its twin
+        ref_mu = mu_old.index_select(0, batch.src[:batch.n_ppo]).clone()
+        behaviour = self.pol_env.index_select(0, batch.src[:batch.n_ppo] % N)  # block of each row
+        ref_ls = ro.log_std.index_select(0, behaviour)
+        kl_epochs = torch.zeros((), device=self.device)
         steps = 0
         for _ in range(cfg.num_epochs):
+            kl_sum = torch.zeros((), device=self.device)
+            kl_rows = torch.zeros((), device=self.device)
             for idx, base, k in self._minibatches(ro, batch):
                 # rows idx[:k] are PPO rows (on- and off-policy), idx[k:] coupling rows
                 src, pol = batch.src.index_select(0, idx), batch.pol.index_select(0, idx)
@@ -322,26 +354,36 @@ class Learner:
                     base, cb, pol, k, act.index_select(0, src), batch.logp_old.index_select(0, pidx),
                     batch.adv.index_select(0, pidx), batch.weight.index_select(0, idx[k:]),
                     v_old_n.index_select(0, pidx), ret_n.index_select(0, pidx),
-                    batch.ent_coef.index_select(0, pidx), batch.is_onpolicy.index_select(0, idx),
-                    mu_old.index_select(0, src), ro.log_std.index_select(0, pol), batch.coupling_scale)
+                    batch.ent_coef.index_select(0, pidx), batch.is_onpolicy.index_select(0, pidx),
+                    ref_mu.index_select(0, pidx), ref_ls.index_select(0, pidx), batch.coupling_scale)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                kl_sum, kl_rows = terms.pop("kl_sum"), terms.pop("kl_rows")
+                mb_kl, mb_rows = terms.pop("kl_sum"), terms.pop("kl_rows")
                 # torchrun: gradients averaged over ranks in one bucket that also sums the KL parts
-                kl_sum, kl_rows = self.dist.sync_grads(model.parameters(), (kl_sum, kl_rows))
+                mb_kl, mb_rows = self.dist.sync_grads(model.parameters(), (mb_kl, mb_rows))
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 self.optimizer.step()
                 with torch.no_grad():
-                    kl = kl_sum / kl_rows.clamp(min=1.0)
-                    if cfg.lr_schedule == "adaptive":
-                        new_lr = torch.where(kl > 2.0 * cfg.kl_threshold, self.lr / 1.5,
-                                             torch.where(kl < 0.5 * cfg.kl_threshold, self.lr * 1.5, self.lr))
-                        self.lr.copy_(new_lr.clamp(cfg.lr_min, cfg.lr_max))
-                    terms.update(approx_kl=kl, grad_norm=grad_norm)
+                    # refresh the reference of these rows with their pre-step policy
+                    ref_mu.index_copy_(0, pidx, terms.pop("mu").to(ref_mu.dtype))
+                    ref_ls.index_copy_(0, pidx, terms.pop("log_std").to(ref_ls.dtype))
+                    kl_sum += mb_kl
+                    kl_rows += mb_rows
+                    if cfg.lr_schedule == "adaptive" and cfg.lr_adapt_every == "minibatch":
+                        # rl_games' legacy rule (the authors' Humanoid and Anymal runs)
+                        kl_mb = mb_kl / mb_rows.clamp(min=1.0)
+                        self.lr.copy_(adaptive_lr(self.lr, kl_mb, cfg.kl_threshold, cfg.lr_min, cfg.lr_max))
+                    terms["grad_norm"] = grad_norm
                     for key, val in terms.items():
                         stats[key] += val.detach().float()
                 steps += 1
+            with torch.no_grad():  # once per mini-epoch, from the epoch's mean KL (no host sync)
+                kl = kl_sum / kl_rows.clamp(min=1.0)
+                kl_epochs += kl
+                if cfg.lr_schedule == "adaptive" and cfg.lr_adapt_every == "epoch":
+                    self.lr.copy_(adaptive_lr(self.lr, kl, cfg.kl_threshold, cfg.lr_min, cfg.lr_max))
         out = {k: v / steps for k, v in stats.items()}
+        out["approx_kl"] = kl_epochs / cfg.num_epochs
         out["explained_variance"] = explained_variance(batch.v_old[batch.is_onpolicy > 0],
                                                        batch.ret[batch.is_onpolicy > 0])
         if cfg.lr_schedule == "linear":
@@ -377,8 +419,16 @@ class Learner:
     # ---- diagnostics -------------------------------------------------------------------
     @torch.no_grad()
     def diagnostics(self, ro: Rollout, samples: int) -> Dict[str, torch.Tensor]:
-        """ESS and mean |rho - 1| of each follower's data under the leader, overall ESS, and
-        the KL matrix over states from all blocks (device tensors)."""
+        """Importance-sampling health from the leader's view, rho = pi_L(a|s) / mu_m(a|s) on
+        ``samples`` rows of every block m (ALGORITHMS.md section 8), and the KL matrix over
+        states from all blocks (device tensors):
+
+        * ``ess_follower`` / ``is_dev_follower`` ``[M - 1]``: relative ESS and mean |rho - 1|
+          of each follower's rows;
+        * ``ess_overall``: the paper's overall ESS, pooled over the rows of all M policies
+          (the leader's own rows included: their rho is 1 before the update);
+        * ``ess_followers_pooled``: the same pooled over the followers' rows only;
+        * ``kl_matrix`` ``[M, M]``: K[i, j] = E_s KL(pi_i || pi_j)."""
         model, M, B = self.model, self.M, self.B
         T, N = ro.horizon, ro.num_envs
         out: Dict[str, torch.Tensor] = {}
@@ -386,19 +436,20 @@ class Learner:
             return out
         base = self._base if self._base_of == id(ro) else None
         obs = (base if base is not None else self.front_end(ro)[0])[:-1]  # front-end features
-        # follower f's rows seen by the leader: rho = pi_L(a|s) / mu_f(a|s)
+        # block m's rows seen by the leader: rho = pi_L(a|s) / mu_m(a|s), k rows per block
         k = min(samples, T * B)
-        idx = torch.randint(T * B, (M - 1, k), generator=self.gen, device=self.device)
+        idx = torch.randint(T * B, (M, k), generator=self.gen, device=self.device)
         t_i = idx // B
-        n_i = (torch.arange(1, M, device=self.device).unsqueeze(1) * B) + idx % B
-        o = obs[t_i, n_i].reshape((M - 1) * k, -1)
-        a = ro.actions[t_i, n_i].reshape((M - 1) * k, -1)
-        mu_l = model.mean_base(o, torch.zeros((M - 1) * k, dtype=torch.long, device=self.device))
+        n_i = (torch.arange(M, device=self.device).unsqueeze(1) * B) + idx % B
+        o = obs[t_i, n_i].reshape(M * k, -1)
+        a = ro.actions[t_i, n_i].reshape(M * k, -1)
+        mu_l = model.mean_base(o, torch.zeros(M * k, dtype=torch.long, device=self.device))
         logp_l = gaussian_log_prob(a, mu_l, model.log_std[0].expand_as(mu_l))
-        log_rho = (logp_l - ro.logp[t_i, n_i].reshape(-1)).view(M - 1, k)
-        out["ess_follower"] = relative_ess(log_rho)  # [M - 1]
-        out["is_dev_follower"] = mean_abs_deviation(log_rho)
+        log_rho = (logp_l - ro.logp[t_i, n_i].reshape(-1)).view(M, k)
+        out["ess_follower"] = relative_ess(log_rho[1:])  # [M - 1]
+        out["is_dev_follower"] = mean_abs_deviation(log_rho[1:])
         out["ess_overall"] = relative_ess(log_rho.reshape(-1))
+        out["ess_followers_pooled"] = relative_ess(log_rho[1:].reshape(-1))
         # KL matrix on states from all blocks, every policy evaluated on every state
         s = min(samples, T * N)
         flat = torch.randint(T * N, (s,), generator=self.gen, device=self.device)
@@ -457,42 +508,55 @@ def minibatch_loss(model: EnsembleActorCritic, cfg: AlgoConfig, device_type: str
 
     Rows ``[:k]`` are PPO rows (on- and off-policy; ``logp_old``, ``adv``, ``v_old_n``,
     ``ret_n``, ``ent_coef`` hold theirs), rows ``[k:]`` coupling rows (``weight`` = beta * w).
-    ``base``/``cb``: actor / privileged-critic features; ``onp``: 1 for on-policy rows;
-    ``mu_old``/``log_std_old``: the behaviour policy (for the adaptive LR's KL).
-    L = (1/n) sum_PPO surr + (s/n) sum_cpl beta w (-log pi_f) + 0.5 c_v mean_PPO(value error)
-    - mean_PPO(c_ent H) + c_b mean_PPO(bounds), with n = k + (R - k) s the minibatch size
-    the rows stand for (s = 1/coupling_fraction; ALGORITHMS.md section 5).
-    Statistics: the loss terms, ``clipfrac``, on-policy ``entropy``, and ``kl_sum``/``kl_rows``
-    (sum of KL(old || new) over on-policy rows and their count). ``perf.compile=update``
-    compiles this whole function (forward and, through AOTAutograd, its backward)."""
+    ``base``/``cb``: actor / privileged-critic features; ``onp``: 1 for on-policy rows among
+    the PPO rows; ``mu_old``/``log_std_old``: the adaptive LR's reference policy of the PPO rows.
+    L = (1/n) [sum_PPO surr + s sum_cpl beta w (-log pi_f) + 0.5 c_v sum_PPO(value error)
+    - sum_PPO(c_ent H) + c_b sum_PPO(bounds)], with n = k + (R - k) s the minibatch size the
+    rows stand for (s = 1/coupling_fraction): every term divided by the full minibatch size,
+    as the authors do (ALGORITHMS.md section 5).
+    Statistics: the loss terms, ``clipfrac``, on-policy ``entropy``, ``kl_sum``/``kl_rows``
+    (sum of KL(current || reference) over on-policy rows and their count), and the PPO rows'
+    pre-step ``mu``/``log_std`` (the next reference). ``perf.compile=update`` compiles this
+    whole function (forward and, through AOTAutograd, its backward)."""
     with autocast(device_type, autocast_dtype):
         mu, log_std, v = model.heads(base, pol, n_critic=k, critic_base=cb)
     mu, v = mu.float(), v.float()
     logp = gaussian_log_prob(act, mu, log_std)
-    # the minibatch size with every coupling row (k PPO rows + c / f coupling rows)
+    # the minibatch size with every coupling row (k PPO rows + c / f coupling rows): every
+    # term below is a sum over its rows divided by n (ALGORITHMS.md section 5)
     n = k + (mu.shape[0] - k) * coupling_scale
-    n_ppo = max(k, 1)
-    # clipped surrogate on PPO rows, summed and divided by the minibatch size so that PPO and
-    # coupling rows keep the paper's proportions (ALGORITHMS.md section 5)
+    # clipped surrogate on PPO rows (on-policy: GAE; off-policy: importance-sampled, TD)
     surr, ratio = losses.ppo_surrogate(logp[:k], logp_old, adv, cfg.clip_eps)
     policy_loss = surr.sum() / n
     # beta * w * (-log pi_f(a_L|s_L)) on coupling rows (weight already holds beta * w); a
     # subsample's sum times 1 / f estimates the full iteration's sum without bias
     coupling = losses.coupling_loss(logp[k:], weight).sum() * coupling_scale / n
-    value_loss = losses.value_loss(v, v_old_n, ret_n, cfg.clip_eps, cfg.clip_value).sum() / n_ppo
+    # critic (normalised units), entropy bonus (on-policy rows carry c_ent of their policy,
+    # relabelled rows 0) and the bounds penalty: PPO rows only, still divided by n
+    value_loss = losses.value_loss(v, v_old_n, ret_n, cfg.clip_eps, cfg.clip_value).sum() / n
     ent = gaussian_entropy(log_std)
-    entropy = (ent_coef * ent[:k]).sum() / n_ppo
-    bounds = losses.bounds_loss(mu[:k]).sum() / n_ppo
+    entropy = (ent_coef * ent[:k]).sum() / n
+    bounds = losses.bounds_loss(mu[:k]).sum() / n
     loss = policy_loss + coupling + 0.5 * cfg.value_coef * value_loss - entropy + cfg.bounds_coef * bounds
     with torch.no_grad():
-        # KL(old || new) on on-policy rows drives the adaptive learning rate
-        kl = losses.gaussian_kl(mu_old, log_std_old, mu.detach(), log_std.detach())
+        # KL(current || reference) on on-policy rows drives the adaptive learning rate (the
+        # direction rl_games' policy_kl takes)
+        mu_k, ls_k = mu[:k].detach(), log_std[:k].detach()
+        kl = losses.gaussian_kl(mu_k, ls_k, mu_old, log_std_old)
         terms = {"policy": policy_loss.detach(), "value": value_loss.detach(),
-                 "entropy": (ent * onp).sum() / onp.sum().clamp(min=1.0),
+                 "entropy": (ent[:k] * onp).sum() / onp.sum().clamp(min=1.0),
                  "coupling": coupling.detach(), "bounds": bounds.detach(),
-                 "clipfrac": ((ratio - 1.0).abs() > cfg.clip_eps).float().sum() / n_ppo,
-                 "kl_sum": (kl * onp).sum(), "kl_rows": onp.sum()}
+                 "clipfrac": ((ratio - 1.0).abs() > cfg.clip_eps).float().sum() / max(k, 1),
+                 "kl_sum": (kl * onp).sum(), "kl_rows": onp.sum(), "mu": mu_k, "log_std": ls_k}
     return loss, terms
+
+
+def adaptive_lr(lr: torch.Tensor, kl: torch.Tensor, threshold: float, lr_min: float,
+                lr_max: float) -> torch.Tensor:
+    """rl_games' adaptive rule on device tensors: lr / 1.5 when ``kl`` > 2 ``threshold``,
+    lr * 1.5 when ``kl`` < ``threshold`` / 2, else unchanged; clamped to [lr_min, lr_max]."""
+    new = torch.where(kl > 2.0 * threshold, lr / 1.5, torch.where(kl < 0.5 * threshold, lr * 1.5, lr))
+    return new.clamp(lr_min, lr_max)
 
 
 def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -485,9 +485,11 @@ def test_loss_weighting_of_coupling_rows():
 
 def test_full_cpo_loss_one_minibatch():
     """M=3, beta>0, every term active, one minibatch of all R rows: the clipped gradient equals
-    that of (1/R) sum_PPO surr + (1/R) sum_cpl beta w (-log pi_f) + 0.5 c_v mean_PPO(clipped
-    value MSE, normalised units) - mean_PPO(c_ent(pol) H) + c_b mean_PPO(bounds), where PPO rows
-    are on- and off-policy rows; the reported statistics match these terms."""
+    that of (1/R) [sum_PPO surr + sum_cpl beta w (-log pi_f) + 0.5 c_v sum_PPO(clipped value
+    MSE, normalised units) - sum_PPO(c_ent(pol) H) + c_b sum_PPO(bounds)], where PPO rows are
+    on- and off-policy rows: every term divided by the full minibatch size R, as the CPO
+    authors do (ALGORITHMS.md section 5; a mean over PPO rows for the critic, entropy and
+    bounds terms would make them R / n_PPO times stronger); the statistics match these terms."""
     T, N, M = 4, 6, 3
     learner = make_learner(M, N, mu_scale=300.0, beta=0.2, lambda_f=0.5, gamma=0.9,
                            gae_lambda=0.8, entropy_coef=0.01, entropy_scale=0.05, bounds_coef=0.1,
@@ -514,11 +516,12 @@ def test_full_cpo_loss_one_minibatch():
     coupling = (batch.weight[cpl] * -logp[cpl]).sum() / R
     ret_n, v_old_n = ref.norm_value(batch.ret), ref.norm_value(batch.v_old)
     v_cl = v_old_n + (v - v_old_n).clamp(-0.2, 0.2)
-    vloss = torch.max((v - ret_n) ** 2, (v_cl - ret_n) ** 2)[ppo].mean()
+    vloss = torch.max((v - ret_n) ** 2, (v_cl - ret_n) ** 2)[ppo].sum() / R
     ent = (log_std + 0.5 * (1.0 + LOG_2PI)).sum(-1)
     coef = entropy_coefficients(cfg)[batch.pol] * batch.is_onpolicy
-    entropy = (coef * ent)[ppo].mean()
-    bounds = ((mu - 1.1).clamp(min=0) ** 2 + (-1.1 - mu).clamp(min=0) ** 2).sum(-1)[ppo].mean()
+    entropy = (coef * ent)[ppo].sum() / R
+    bounds = ((mu - 1.1).clamp(min=0) ** 2 + (-1.1 - mu).clamp(min=0) ** 2).sum(-1)[ppo].sum() / R
+    assert int(cpl.sum()) == R - int(ppo.sum()) > 0  # the reduction differs from a PPO-row mean
     loss = policy + coupling + 0.5 * cfg.value_coef * vloss - entropy + cfg.bounds_coef * bounds
     loss.backward()
     norm = torch.nn.utils.clip_grad_norm_(ref.parameters(), cfg.max_grad_norm)
@@ -584,8 +587,8 @@ def test_adapt_beta_dual_ascent():
 
 
 def test_adaptive_learning_rate_rule():
-    """Adaptive LR from KL(old || new) on on-policy rows (old = stored mu and log-std snapshot,
-    new = the policy before the step): lr / 1.5 when KL > 2 thr, lr * 1.5 when KL < thr / 2,
+    """Adaptive LR from KL(new || old) on on-policy rows (old = stored mu and log-std snapshot,
+    new = the policy before the step; rl_games' direction): lr / 1.5 when KL > 2 thr, lr * 1.5 when KL < thr / 2,
     clamped to [lr_min, lr_max]; the optimizer uses the same (device) tensor. 'approx_kl'
     reports that KL. Linear schedule: lr = max(lr0 (1 - (it + 1) / max_it), lr_min)."""
     T, N = 4, 4
@@ -597,8 +600,8 @@ def test_adaptive_learning_rate_rule():
         mu_new = big.model.mean_action(ro.obs[:-1].reshape(-1, OBS), torch.zeros(T * N, dtype=torch.long))
         ls_old, ls_new = ro.log_std[0], big.model.log_std[0]
         mu_old = ro.mu.reshape(-1, ACT)
-        kl = (ls_new - ls_old + (torch.exp(2 * ls_old) + (mu_old - mu_new) ** 2)
-              / (2 * torch.exp(2 * ls_new)) - 0.5).sum(-1).mean()
+        kl = (ls_old - ls_new + (torch.exp(2 * ls_new) + (mu_old - mu_new) ** 2)
+              / (2 * torch.exp(2 * ls_old)) - 0.5).sum(-1).mean()
     assert float(kl) > 2 * 0.016
     stats = big.update(ro, big.build_batch(ro))
     torch.testing.assert_close(stats["approx_kl"], kl, rtol=1e-5, atol=1e-7)
@@ -614,6 +617,13 @@ def test_adaptive_learning_rate_rule():
     stats = small.update(ro2, small.build_batch(ro2))
     assert float(stats["approx_kl"]) < 1e-10
     assert float(small.lr) == pytest.approx(1.2e-3, rel=1e-6)
+    # lr_adapt_every=minibatch (rl_games' legacy rule): one change per minibatch, 2 here
+    for every, expect in (("epoch", 1e-3 / 1.5), ("minibatch", 1e-3 / 1.5 ** 2)):
+        mb = make_learner(1, N, **dict(kw, num_minibatches=2, lr_adapt_every=every))
+        ro3 = make_rollout(mb.model, T, N)
+        ro3.mu.add_(0.5)  # every minibatch's KL is far above 2 thr
+        mb.update(ro3, mb.build_batch(ro3))
+        assert float(mb.lr) == pytest.approx(expect, rel=1e-6), every
     # linear schedule
     lin = make_learner(1, N, max_iterations=4, num_epochs=1, num_minibatches=1, lr=1e-3,
                        lr_schedule="linear", lr_min=1e-5)
@@ -624,35 +634,97 @@ def test_adaptive_learning_rate_rule():
     assert lrs == pytest.approx([7.5e-4, 5e-4, 2.5e-4, 1e-5], rel=1e-6)
 
 
+def test_adaptive_lr_once_per_epoch_from_refreshed_references():
+    """rl_games' semantics (ALGORITHMS.md section 9): the LR is constant within a mini-epoch
+    and changes once at its end, by the rule applied to that epoch's mean KL(pre-step policy ||
+    reference) over on-policy rows, where a row's reference is the behaviour policy in
+    epoch 0 and afterwards the row's own pre-step (mu, sigma) from the previous epoch.
+    Replayed by hand from the learner's generator and a snapshot taken before every step."""
+    T, N, E, J = 4, 6, 3, 2
+    thr = 0.02
+    learner = make_learner(1, N, num_epochs=E, num_minibatches=J, lr=2e-3, kl_threshold=thr,
+                           lr_min=1e-5, lr_max=1e-1, max_grad_norm=10.0)
+    model = learner.model
+    ro = make_rollout(model, T, N)
+    batch = learner.build_batch(ro)
+    g = torch.Generator().set_state(learner.gen.get_state())
+    obs = ro.obs[:-1].reshape(T * N, OBS)
+    pol = torch.zeros(T * N, dtype=torch.long)
+    snaps = []  # (pre-step mu of every rollout row, pre-step log-std, lr used by the step)
+    step = learner.optimizer.step
+
+    def recording_step(*a, **kw):
+        with torch.no_grad():
+            snaps.append((model.mean_action(obs, pol).clone(), model.log_std[0].detach().clone(),
+                          float(learner.lr)))
+        return step(*a, **kw)
+
+    learner.optimizer.step = recording_step
+    stats = learner.update(ro, batch)
+    assert len(snaps) == E * J
+    R = batch.src.numel()
+    ref_mu = ro.mu.reshape(T * N, ACT)[batch.src].clone()
+    ref_ls = ro.log_std[0].expand(R, ACT).clone()
+    lr, kls = 2e-3, []
+    for e in range(E):
+        chunks = torch.randperm(R, generator=g).tensor_split(J)
+        torch.randperm(0, generator=g)  # the (empty) coupling permutation of the same epoch
+        kl_sum, rows = 0.0, 0
+        for j, rows_j in enumerate(chunks):
+            mu_pre, ls_pre, lr_used = snaps[e * J + j]
+            assert lr_used == pytest.approx(lr, rel=1e-6)  # constant within the epoch
+            mu_new = mu_pre[batch.src[rows_j]].double()
+            ls_new = ls_pre.double().expand_as(mu_new)
+            ls_old, mu_old = ref_ls[rows_j].double(), ref_mu[rows_j].double()
+            # KL(current || reference), the direction of rl_games' policy_kl
+            kl = (ls_old - ls_new + (torch.exp(2 * ls_new) + (mu_old - mu_new) ** 2)
+                  / (2 * torch.exp(2 * ls_old)) - 0.5).sum(-1)
+            kl_sum += float(kl.sum())
+            rows += rows_j.numel()
+            ref_mu[rows_j], ref_ls[rows_j] = mu_new.float(), ls_new.float()
+        kls.append(kl_sum / rows)
+        lr = lr / 1.5 if kls[-1] > 2 * thr else (lr * 1.5 if kls[-1] < thr / 2 else lr)
+        lr = min(max(lr, 1e-5), 1e-1)
+    assert kls[0] > 0  # epoch 0 measures against the behaviour policy
+    assert float(learner.lr) == pytest.approx(lr, rel=1e-5)
+    # float32 KL of nearby policies cancels (log-std terms), hence the tolerance
+    assert float(stats["approx_kl"]) == pytest.approx(sum(kls) / E, rel=2e-3)
+    assert len({round(x[2], 12) for x in snaps}) >= 2  # the LR did move between epochs
+
+
 def test_learner_diagnostics_by_hand():
-    """Learner.diagnostics: per-follower ESS and mean|rho-1| of rho = pi_L(a|s) / mu_f(a|s) on
-    the follower's own rows (leader's current policy vs stored behaviour log-prob), overall ESS
-    over all those rows, and the KL matrix of all policies on sampled states (rows replayed from
-    the learner's generator)."""
+    """Learner.diagnostics: rho = pi_L(a|s) / mu_m(a|s) on S rows of every block m (leader's
+    current policy vs stored behaviour log-prob): per-follower ESS and mean|rho-1|, the paper's
+    overall ESS pooled over all M blocks (leader's rows included), the followers-only pooled
+    ESS, and the KL matrix of all policies on sampled states (rows replayed from the learner's
+    generator)."""
     T, N, M, S = 4, 6, 3, 5
     learner = make_learner(M, N)
     ro = make_rollout(learner.model, T, N)
     B = N // M
     g = torch.Generator().set_state(learner.gen.get_state())
     out = learner.diagnostics(ro, samples=S)
-    idx = torch.randint(T * B, (M - 1, S), generator=g)
+    idx = torch.randint(T * B, (M, S), generator=g)
     flat = torch.randint(T * N, (S,), generator=g)
     ls_l = learner.model.log_std[0].detach()
-    log_rho = torch.zeros(M - 1, S)
-    for f in range(1, M):
+    log_rho = torch.zeros(M, S)
+    for m in range(M):
         for j in range(S):
-            t, n = divmod(int(idx[f - 1, j]), B)
-            n += f * B
+            t, n = divmod(int(idx[m, j]), B)
+            n += m * B
             with torch.no_grad():
                 mu_l = learner.model.mean_action(ro.obs[t, n].unsqueeze(0), torch.tensor([0]))[0]
             lp = float((-0.5 * ((ro.actions[t, n] - mu_l) / ls_l.exp()) ** 2 - ls_l - 0.5 * LOG_2PI).sum())
-            log_rho[f - 1, j] = lp - float(ro.logp[t, n])
+            log_rho[m, j] = lp - float(ro.logp[t, n])
     rho = log_rho.double().exp()
     ess = rho.sum(1) ** 2 / (S * (rho ** 2).sum(1))
-    torch.testing.assert_close(out["ess_follower"].double(), ess, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(out["is_dev_follower"].double(), (rho - 1).abs().mean(1), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(out["ess_follower"].double(), ess[1:], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(out["is_dev_follower"].double(), (rho[1:] - 1).abs().mean(1), rtol=1e-4, atol=1e-6)
     r = rho.reshape(-1)
     torch.testing.assert_close(out["ess_overall"].double(), r.sum() ** 2 / (r.numel() * (r ** 2).sum()),
+                               rtol=1e-4, atol=1e-6)
+    rf = rho[1:].reshape(-1)
+    torch.testing.assert_close(out["ess_followers_pooled"].double(), rf.sum() ** 2 / (rf.numel() * (rf ** 2).sum()),
                                rtol=1e-4, atol=1e-6)
     states = ro.obs[:-1].reshape(T * N, -1)[flat]
     with torch.no_grad():
