@@ -1,5 +1,5 @@
 """Evaluate a trained run: ``python eval.py run=<run dir> [episodes=100] [stochastic=false]
-[policy=0] [checkpoint=latest|best|<file>] [export=<file.pt>] [device=cpu] [seed=12345]
+[policy=0] [checkpoint=latest|best|<file>] [export=<file.onnx>] [device=cpu] [seed=12345]
 [video=false] [video_episodes=3] [video_path=<run>/videos/policy<k>.mp4] [video_fps=<env's>]``.
 
 ``policy`` is the ensemble index; for a PBT run (algo=pbt) it is a member's global id and
@@ -8,7 +8,9 @@ defaults to the member with the best windowed score in the checkpoint (videos th
 before torch, as in train.py.
 
 Prints mean +- std episode return and the success rate over ``episodes`` episodes, and
-optionally exports the deterministic policy as TorchScript and, with ``video=true``, writes
+optionally exports the deterministic policy (``export=policy.onnx``: ONNX, checked against the
+eager policy with onnxruntime when installed; ``export=policy.pt``: TorchScript, deprecated in
+torch) and, with ``video=true``, writes
 an MP4 of ``video_episodes`` consecutive episodes (needs ``pip install -e ".[video]"`` and a
 task that renders: every embedded task, or a gymnasium env with an OpenGL context).
 """
@@ -39,7 +41,7 @@ def run_env_name(run_dir: str, checkpoint: str = "") -> Optional[str]:
     """``env.name`` of the run, read from its ``resolved_config.yaml`` (in ``run_dir``, or two
     folders above a ``checkpoint=<file>``); None when there is none. Reads YAML only: nothing
     here imports torch, so Isaac Gym can still be imported first."""
-    import yaml  # PyYAML, OmegaConf's own dependency
+    from cpo.config import preset_env_name
 
     dirs = [run_dir]
     if checkpoint and os.path.isfile(checkpoint):  # <run>/checkpoints/<file>.pt
@@ -47,9 +49,7 @@ def run_env_name(run_dir: str, checkpoint: str = "") -> Optional[str]:
     for d in dirs:
         path = os.path.join(d, "resolved_config.yaml")
         if os.path.isfile(path):
-            with open(path) as f:
-                env = (yaml.safe_load(f) or {}).get("env")
-            return str(env["name"]) if isinstance(env, dict) and "name" in env else None
+            return preset_env_name(path)
     return None
 
 
@@ -85,7 +85,7 @@ def main(argv: List[str]) -> Dict[str, Any]:
     run (algo=pbt) a member's global id (default: the best-scored member)."""
     args = parse(argv)
     import_isaacgym_first(args)
-    from cpo.evaluate import evaluate, export_torchscript, find_checkpoint, record_video, select_policy
+    from cpo.evaluation import check_onnx, evaluate, export, find_checkpoint, record_video, select_policy
 
     truthy = ("1", "true", "yes", "on")
     device = args.get("device", "cpu")
@@ -106,7 +106,18 @@ def main(argv: List[str]) -> Dict[str, Any]:
         line += f", success {res['success_rate']:.3f}"
     print(line)
     if "export" in args:
-        print(f"exported TorchScript to {export_torchscript(model, args['export'], policy)}")
+        meta = {"algo": cfg.algo.name, "env": cfg.env.name, "checkpoint": os.path.abspath(path)}
+        out = export(model, args["export"], policy, meta)
+        if out.lower().endswith(".onnx"):
+            diff = check_onnx(model, out, policy)
+            check = (f"onnxruntime matches the eager policy to {diff:.1e}" if diff is not None
+                     else "install onnxruntime to check it")
+            print(f"exported ONNX to {out} (input obs [batch, {model.obs_dim}]; {check})")
+            summary["export_max_abs_diff"] = diff
+        else:
+            print(f"exported TorchScript to {out} (deprecated in torch; export=<file>.onnx is the "
+                  "documented path)")
+        summary["export"] = out
     if args.get("video", "false").lower() in truthy:
         stem = f"policy{policy}" if loaded.member is None else f"member{loaded.member}"
         out = args.get("video_path") or os.path.join(args["run"], "videos", stem + ".mp4")

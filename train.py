@@ -8,27 +8,9 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import List, Optional
+from typing import List
 
-
-def _env_name(path: str, depth: int = 0) -> Optional[str]:
-    """``env.name`` set by the YAML file ``path`` or by the same-folder presets it lists in its
-    ``defaults`` (None if none does). Reads YAML only: nothing here imports torch."""
-    import yaml  # PyYAML, OmegaConf's own dependency
-
-    if depth > 8 or not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
-    env = data.get("env")
-    if isinstance(env, dict) and "name" in env:
-        return str(env["name"])
-    for entry in data.get("defaults") or []:
-        if isinstance(entry, str) and entry != "_self_":  # a preset of the same group
-            name = _env_name(os.path.join(os.path.dirname(path), entry + ".yaml"), depth + 1)
-            if name is not None:
-                return name
-    return None
+from cpo.config import preset_env_name  # YAML only: torch is not imported yet
 
 
 def isaacgym_requested(argv: List[str]) -> bool:
@@ -42,9 +24,9 @@ def isaacgym_requested(argv: List[str]) -> bool:
         if key == "env.name":
             explicit = value == "isaacgym"
         elif key in ("experiment", "env"):
-            preset = preset or _env_name(os.path.join(here, "conf", key, value + ".yaml")) == "isaacgym"
+            preset = preset or preset_env_name(os.path.join(here, "conf", key, value + ".yaml")) == "isaacgym"
         elif key == "resume":
-            preset = preset or _env_name(os.path.join(value, "resolved_config.yaml")) == "isaacgym"
+            preset = preset or preset_env_name(os.path.join(value, "resolved_config.yaml")) == "isaacgym"
     return explicit if explicit is not None else preset
 
 

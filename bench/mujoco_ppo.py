@@ -53,7 +53,7 @@ REFERENCES = [
 
 def one_run(overrides: List[str], steps: int) -> Dict[str, Any]:
     """Train one seed for ``steps`` env steps; return its curve, final returns and timings."""
-    from cpo.evaluate import evaluate
+    from cpo.evaluation import evaluate
     from cpo.runner import Runner
 
     cfg = compose(overrides + ["max_iterations=1", "log.progress=false", "log.tensorboard=false",

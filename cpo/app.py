@@ -76,6 +76,8 @@ def check_overrides(overrides: Sequence[str], conf_dir: Optional[str] = None) ->
     (checked after composing by :func:`check_unknown_keys`), ``~key``, ``hydra*`` keys,
     ``group/sub=`` and sweep functions are left to Hydra."""
     groups = _config_groups(conf_dir) if conf_dir != "" else {}
+    if conf_dir != "":
+        _check_env_name_has_preset(overrides, conf_dir)
     for ov in overrides:
         if ov.startswith(("-", "+", "~")) or "=" not in ov:
             continue
@@ -88,9 +90,65 @@ def check_overrides(overrides: Sequence[str], conf_dir: Optional[str] = None) ->
             _check_key_path(key, value)
 
 
+def _check_env_name_has_preset(overrides: Sequence[str], conf_dir: Optional[str]) -> None:
+    """``env.name=X`` on the command line keeps the chosen env preset's tuning (the default
+    point_maze's 1200 envs, T = 32, lr 5e-4, ...) for another task, silently. Refuse it unless
+    the env preset (``env=``, default from conf/config.yaml) already names X, an
+    ``experiment=`` preset decides, or ``env=null`` asks for the schema defaults; name the
+    presets made for X."""
+    from cpo.config import preset_env_name
+
+    conf_dir = conf_dir or _default_conf_dir()
+    values: Dict[str, str] = {}
+    for ov in overrides:
+        key, sep, value = ov.lstrip("+").partition("=")
+        if sep and key in ("env.name", "env", "experiment"):
+            values[key] = value
+    name = values.get("env.name")
+    if name is None or "," in name or values.get("experiment", "null") != "null":
+        return  # nothing to check, a sweep over names, or an experiment preset decides
+    from envs import registry
+
+    if name not in registry.names():
+        return  # validation names the unknown task with a "did you mean"
+    preset = values.get("env") or _default_choice(conf_dir, "env")
+    if preset in (None, "null") or "," in preset:
+        return
+    preset_name = preset_env_name(os.path.join(conf_dir, "env", preset + ".yaml"))
+    if preset_name is None or preset_name == name:
+        return
+    made_for = [p for p in _config_groups(conf_dir).get("env", [])
+                if preset_env_name(os.path.join(conf_dir, "env", p + ".yaml")) == name]
+    how = (f"choose one of its presets instead: {', '.join('env=' + p for p in made_for)}" if made_for
+           else "give the task a preset of its own under conf/env/, or env=null for the schema defaults")
+    raise ConfigError(f"env.name={name}: the env preset {preset!r}{' (the default)' if 'env' not in values else ''} "
+                      f"was tuned for env.name={preset_name} (its env.num_envs, algo.horizon, algo.lr and network "
+                      f"would silently carry over); {how}")
+
+
+def _default_conf_dir() -> str:
+    """The repository's ``conf/`` directory."""
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+
+
+def _default_choice(conf_dir: str, group: str) -> Optional[str]:
+    """The preset of ``group`` chosen by the ``defaults`` list of ``conf_dir/config.yaml``."""
+    import yaml
+
+    path = os.path.join(conf_dir, "config.yaml")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    for entry in data.get("defaults") or []:
+        if isinstance(entry, dict) and group in entry:
+            return None if entry[group] is None else str(entry[group])
+    return None
+
+
 def _config_groups(conf_dir: Optional[str]) -> Dict[str, List[str]]:
     """Config group -> its preset names (sub-folders of ``conf_dir`` but ``hydra``)."""
-    conf_dir = conf_dir or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+    conf_dir = conf_dir or _default_conf_dir()
     if not os.path.isdir(conf_dir):
         return {}
     out: Dict[str, List[str]] = {}

@@ -74,7 +74,11 @@ class AlgoConfig:
     entropy_coef: float = 0.0
     """Entropy bonus of the leader (the only policy under PPO) (>= 0)."""
     entropy_scale: float = 0.0
-    """s_ent: follower m gets entropy coefficient s_ent * 0.5 * (M - m) / (M - 1) (>= 0)."""
+    """s_ent: follower m gets entropy coefficient s_ent * 0.5 * (M - m) / (M - 1) (>= 0). The
+    paper uses 0.005 (hands, reorientation), 0.002 (locomotion), 0 elsewhere. Under CPO the
+    entropy bonus pulls each follower's sigma up while the coupling (beta) pulls it toward the
+    leader's, so beta's meaning depends on s_ent: keep the paper's ratio (s_ent / beta = 5 at
+    beta = 1e-3) or scale beta with s_ent."""
     bounds_coef: float = 1e-4
     """Weight of the penalty on action means outside [-1.1, 1.1] (>= 0)."""
     max_grad_norm: float = 1.0
@@ -82,9 +86,18 @@ class AlgoConfig:
     lr: float = 3e-4
     """Initial Adam learning rate (> 0)."""
     lr_schedule: str = "adaptive"
-    """adaptive (from the KL of the update) | fixed | linear (to 0 at max_iterations)."""
+    """adaptive (from the KL of the update, once per mini-epoch) | fixed | linear (to 0 at
+    max_iterations)."""
     kl_threshold: float = 0.016
-    """Adaptive LR: lr /= 1.5 when KL > 2*threshold, lr *= 1.5 when KL < threshold/2 (> 0)."""
+    """Adaptive LR, applied once per mini-epoch from that epoch's mean KL(current || reference)
+    over on-policy rows (a row's reference is its policy the last time it was trained, the
+    behaviour policy in epoch 0; rl_games' rule): lr /= 1.5 when KL > 2*threshold, lr *= 1.5
+    when KL < threshold/2 (> 0)."""
+    lr_adapt_every: str = "epoch"
+    """When the adaptive LR applies its rule: ``epoch`` (once per mini-epoch from the epoch's
+    mean KL; rl_games' ``standard``, the authors' hand, Kuka and Franka configs) |
+    ``minibatch`` (after every minibatch from its KL; rl_games' ``legacy``, the authors'
+    Humanoid and Anymal configs)."""
     lr_min: float = 1e-6
     """Lower clamp of the adaptive learning rate (> 0)."""
     lr_max: float = 1e-2
@@ -175,6 +188,20 @@ class LogConfig:
     """Save a checkpoint every this many iterations (>= 1); one is always saved at the end."""
     keep_last: int = 3
     """Periodic checkpoints kept besides best.pt (>= 1)."""
+    wandb: bool = False
+    """Mirror the TensorBoard scalars, the KL heatmap images and the config to Weights & Biases
+    (``pip install -e ".[wandb]"``); x-axis ``env_steps``, a resumed run continues its W&B run."""
+    wandb_project: str = "cpo-trainer"
+    """W&B project."""
+    wandb_entity: Optional[str] = None
+    """W&B entity (user or team); None uses your default entity."""
+    wandb_group: Optional[str] = None
+    """W&B group (e.g. one per sweep); None groups by nothing."""
+    wandb_tags: List[str] = field(default_factory=list)
+    """W&B tags of the run."""
+    wandb_mode: str = "online"
+    """online | offline (written under <run dir>/wandb, upload later with ``wandb sync``) |
+    disabled."""
 
 
 @dataclass
@@ -310,6 +337,29 @@ def config_yaml(cfg: TrainConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
+def preset_env_name(path: str, depth: int = 0) -> Optional[str]:
+    """``env.name`` set by the preset YAML file ``path`` or by the same-folder presets it lists
+    in its ``defaults`` (None if none does). Reads YAML only (PyYAML, OmegaConf's dependency):
+    nothing here imports torch, so train.py can call it before Isaac Gym is imported."""
+    import os
+
+    import yaml
+
+    if depth > 8 or not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    env = data.get("env") if isinstance(data, dict) else None
+    if isinstance(env, dict) and "name" in env:
+        return str(env["name"])
+    for entry in (data.get("defaults") or []) if isinstance(data, dict) else []:
+        if isinstance(entry, str) and entry != "_self_":  # a preset of the same group
+            name = preset_env_name(os.path.join(os.path.dirname(path), entry + ".yaml"), depth + 1)
+            if name is not None:
+                return name
+    return None
+
+
 def register_configs() -> None:
     """Register the schemas in Hydra's ConfigStore (``base_config`` is the root)."""
     from hydra.core.config_store import ConfigStore
@@ -435,6 +485,8 @@ def validate(cfg: TrainConfig) -> None:
            f"must lie within [algo.lr_min={a.lr_min}, algo.lr_max={a.lr_max}]")
     _check(a.lr_schedule in ("adaptive", "fixed", "linear"), "algo.lr_schedule", a.lr_schedule,
            "must be adaptive, fixed or linear")
+    _check(a.lr_adapt_every in ("epoch", "minibatch"), "algo.lr_adapt_every", a.lr_adapt_every,
+           "must be epoch or minibatch")
     _check(a.lambda_f_schedule in ("constant", "linear", "cosine"), "algo.lambda_f_schedule",
            a.lambda_f_schedule, "must be constant, linear or cosine")
     _check(0.0 < a.coupling_fraction <= 1.0, "algo.coupling_fraction", a.coupling_fraction,
@@ -474,6 +526,14 @@ def validate(cfg: TrainConfig) -> None:
     for key in ("heatmap_every", "diag_samples", "ckpt_every", "keep_last"):
         val = getattr(g, key)
         _check(val >= 1, f"log.{key}", val, "must be >= 1")
+    _check(g.wandb_mode in ("online", "offline", "disabled"), "log.wandb_mode", g.wandb_mode,
+           "must be online, offline or disabled")
+    _check(bool(str(g.wandb_project).strip()), "log.wandb_project", g.wandb_project, "must not be empty")
+    if g.wandb:
+        import importlib.util
+
+        _check(importlib.util.find_spec("wandb") is not None, "log.wandb", g.wandb,
+               'needs the wandb package: pip install -e ".[wandb]"')
     validate_pbt(cfg)
     # ---- env: name and parameters are checked against the task registry
     from envs import registry

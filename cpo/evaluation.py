@@ -29,6 +29,8 @@ def find_checkpoint(run_dir: str, which: str = "best") -> str:
     """``best`` (falls back to the latest), ``latest``, or a path to a checkpoint file."""
     if os.path.isfile(which):
         return which
+    if not os.path.isdir(run_dir):
+        raise ckpt.CheckpointError(f"run={run_dir!r}: the directory does not exist")
     if which == "best":
         best = os.path.join(run_dir, "checkpoints", "best.pt")
         if os.path.isfile(best):
@@ -208,7 +210,11 @@ class ExportedPolicy(nn.Module):
         return self.head(self.trunk(x)).clamp(-1.0, 1.0)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        """``obs [B, D]`` -> action ``[B, A]`` in [-1, 1] (feed-forward policies)."""
+        """``obs [B, D]`` -> action ``[B, A]`` in [-1, 1] (feed-forward policies). In eager
+        mode one observation ``[D]`` gives one action ``[A]``; the exported graphs (ONNX,
+        TorchScript) take ``[B, D]`` only: add the batch axis, ``obs[None]``."""
+        if obs.dim() == 1:
+            return self._act(self._normalize(obs.unsqueeze(0))).squeeze(0)
         return self._act(self._normalize(obs))
 
     def step(self, obs: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
@@ -217,9 +223,115 @@ class ExportedPolicy(nn.Module):
         return self._act(out.squeeze(0)), h2.squeeze(0), c2.squeeze(0)
 
 
+class _RecurrentStep(nn.Module):
+    """:meth:`ExportedPolicy.step` as ``forward`` (what ONNX export traces)."""
+
+    def __init__(self, policy: ExportedPolicy) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, obs: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
+        return self.policy.step(obs, h, c)
+
+
+def export(model, path: str, policy: int = 0, metadata: Optional[Dict[str, str]] = None) -> str:
+    """Write the deterministic policy by the file's extension: ``.onnx`` -> :func:`export_onnx`
+    (the documented path), anything else -> :func:`export_torchscript` (deprecated in torch)."""
+    if path.lower().endswith(".onnx"):
+        return export_onnx(model, path, policy, metadata)
+    return export_torchscript(model, path, policy)
+
+
+def export_onnx(model, path: str, policy: int = 0, metadata: Optional[Dict[str, str]] = None) -> str:
+    """Write the deterministic policy ``policy`` as an ONNX model to ``path``; returns it.
+
+    Feed-forward: input ``obs [batch, obs_dim]`` (float32, raw observations), output
+    ``action [batch, act_dim]`` in [-1, 1]; the observation normaliser and the policy's latent
+    are baked in, the batch axis is dynamic. Recurrent: inputs ``obs``, ``h``, ``c``
+    (``[batch, rnn_hidden]``, zeros at an episode start), outputs ``action``, ``h_out``,
+    ``c_out``. ``metadata`` (e.g. the run's algo/env) is stored as the model's metadata_props
+    next to ``obs_dim``, ``act_dim``, ``policy`` and ``rnn_hidden``. Uses torch's
+    ``torch.export``-based exporter (needs ``onnxscript``; ``pip install -e ".[onnx]"``) and
+    falls back to the TorchScript-based one on torches that lack it."""
+    import onnx
+
+    base = ExportedPolicy(model.cpu(), policy).eval()
+    B = 2  # an example batch of 2, so that no exporter specialises the batch axis to 1
+    if model.is_recurrent:
+        module: nn.Module = _RecurrentStep(base).eval()
+        h = torch.zeros(B, model.rnn_hidden)
+        args: tuple = (torch.zeros(B, model.obs_dim), h, h.clone())
+        names_in, names_out = ["obs", "h", "c"], ["action", "h_out", "c_out"]
+    else:
+        module, args = base, (torch.zeros(B, model.obs_dim),)
+        names_in, names_out = ["obs"], ["action"]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    import warnings
+
+    with torch.no_grad(), warnings.catch_warnings():
+        # torch's exporter warns about its own internals (deprecations, LSTM weight views)
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if _has_dynamo_exporter():
+            batch = torch.export.Dim("batch")
+            torch.onnx.export(module, args, path, input_names=names_in, output_names=names_out,
+                              dynamic_shapes=tuple({0: batch} for _ in names_in), dynamo=True,
+                              external_data=False, verbose=False)
+        else:
+            torch.onnx.export(module, args, path, input_names=names_in, output_names=names_out,
+                              dynamic_axes={n: {0: "batch"} for n in names_in + names_out})
+    proto = onnx.load(path)
+    props = {"producer": "cpo-trainer", "obs_dim": str(model.obs_dim), "act_dim": str(model.act_dim),
+             "policy": str(policy), "rnn_hidden": str(model.rnn_hidden), **(metadata or {})}
+    del proto.metadata_props[:]
+    for key, value in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    onnx.save(proto, path)
+    return path
+
+
+def _has_dynamo_exporter() -> bool:
+    """Whether this torch has the ``torch.export``-based ONNX exporter and onnxscript."""
+    import importlib.util
+    import inspect
+
+    try:
+        return ("dynamo" in inspect.signature(torch.onnx.export).parameters
+                and importlib.util.find_spec("onnxscript") is not None)
+    except (TypeError, ValueError):
+        return False
+
+
+def check_onnx(model, path: str, policy: int = 0, rows: int = 64, seed: int = 0) -> Optional[float]:
+    """Largest |action difference| between the ONNX file (run by onnxruntime) and the eager
+    policy on ``rows`` random observations (for a recurrent policy: one step from random
+    states); None when onnxruntime is not installed."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    g = torch.Generator().manual_seed(seed)
+    base = ExportedPolicy(model.cpu(), policy).eval()
+    obs = base.obs_mean + base.obs_std * torch.randn(rows, model.obs_dim, generator=g)
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        if model.is_recurrent:
+            h, c = (torch.randn(rows, model.rnn_hidden, generator=g) for _ in range(2))
+            want = torch.cat(base.step(obs, h, c), dim=-1)
+            got = sess.run(None, {"obs": obs.numpy(), "h": h.numpy(), "c": c.numpy()})
+            got_t = torch.cat([torch.from_numpy(x) for x in got], dim=-1)
+        else:
+            want = base(obs)
+            got_t = torch.from_numpy(sess.run(None, {"obs": obs.numpy()})[0])
+    return float((got_t - want).abs().max())
+
+
 def export_torchscript(model, path: str, policy: int = 0) -> str:
     """Write the deterministic policy ``policy`` as TorchScript to ``path``; returns it.
-    Recurrent policies are traced through :meth:`ExportedPolicy.step` (obs, h, c)."""
+    Recurrent policies are traced through :meth:`ExportedPolicy.step` (obs, h, c). torch
+    2.13 deprecates TorchScript: :func:`export_onnx` is the documented path."""
     module = ExportedPolicy(model.cpu(), policy).eval()
     example = torch.zeros(1, model.obs_dim)
     with torch.no_grad():

@@ -159,7 +159,7 @@ def initial_hyperparameters(cfg: TrainConfig, gids: Sequence[int]) -> Dict[str, 
 
 def member_policy(cfg: TrainConfig, model: StackedActorCritic, p: int):
     """Member ``p`` as a one-policy :class:`cpo.nets.EnsembleActorCritic` (latent_dim 0) holding
-    its weights, log-std and normalisers: the network cpo.evaluate evaluates and exports. An
+    its weights, log-std and normalisers: the network cpo.evaluation evaluates and exports. An
     asymmetric member keeps its privileged critic and ``priv_rms`` (so ``value`` reads
     privileged observations); acting, evaluation and export read policy observations only."""
     import copy
@@ -195,7 +195,7 @@ def checkpoint_policy(payload: Dict[str, Any], cfg: TrainConfig, obs_dim: int, a
                       member: Optional[int] = None) -> Tuple[Any, int]:
     """(one-policy network, global member id) from a PBT checkpoint ``payload``: ``member`` by
     global id, or by default the member with the best score in the checkpoint's windows (for
-    cpo.evaluate, which evaluates and exports policy 0 of a network). The privileged critic's
+    cpo.evaluation, which evaluates and exports policy 0 of a network). The privileged critic's
     input size of an asymmetric run is read from the stored ``priv_rms`` statistics."""
     P = cfg.pbt.population
     gids = [int(g) for g in payload["learner"]["gids"]]

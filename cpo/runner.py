@@ -15,7 +15,7 @@ from cpo import checkpoint as ckpt
 from cpo import distributed, fast
 from cpo.config import TrainConfig, flatten, to_dict
 from cpo.learner import Learner, lambda_f_at
-from cpo.logger import Logger
+from cpo.logger import Logger, RunLog, WandbSettings, progress_line, summary_lines
 from cpo.nets import EnsembleActorCritic, gaussian_entropy
 from cpo.rollout import Rollout
 
@@ -395,11 +395,15 @@ class Runner:
                     tag = f"{prefix}{name}"
                     if tag in self.last_stats:
                         out[tag] = self.last_stats[tag]
-        ent = gaussian_entropy(self.model.log_std.detach().cpu())
+        log_std = self.model.log_std.detach().cpu()
+        ent = gaussian_entropy(log_std)
         for m in range(self.M):
             out[f"rollout/policy_{m}/entropy"] = float(ent[m])
+            if self.M > 1:  # log sigma per policy (mean over action dims): exploration width
+                out[f"diversity/log_std/policy_{m}"] = float(log_std[m].mean())
         if "ess_overall" in host:
             out["diversity/ess/overall"] = float(host["ess_overall"])
+            out["diversity/ess/followers_pooled"] = float(host["ess_followers_pooled"])
             K = host["kl_matrix"].numpy()
             for f in range(1, self.M):
                 out[f"diversity/ess/follower_{f}"] = float(host["ess_follower"][f - 1])
@@ -430,9 +434,19 @@ class Runner:
         main = self.dist.is_main  # torchrun: only rank 0 writes files and shows progress
         if main:
             os.makedirs(self.run_dir, exist_ok=True)
+        g = cfg.log
+        wandb = (WandbSettings(g.wandb_project, g.wandb_entity, g.wandb_group, tuple(g.wandb_tags), g.wandb_mode,
+                               name=f"{cfg.algo.name}_{cfg.env.name}_{os.path.basename(os.path.normpath(self.run_dir))}")
+                 if g.wandb and main else None)
         self.logger = Logger(self.run_dir, cfg.log.tensorboard and main,
                              # drop events logged after the checkpoint (steps > env_steps)
-                             purge_step=self.env_steps + 1 if self.iteration > 0 else None)
+                             purge_step=self.env_steps + 1 if self.iteration > 0 else None, wandb=wandb,
+                             config=flatten(to_dict(cfg)) if wandb is not None else None)
+        self.text_log = RunLog(self.run_dir, main)
+        self.text_log.write(f"[cpo] {'resuming' if self.iteration else 'starting'} {cfg.algo.name}/{cfg.env.name} "
+                            f"at iteration {self.iteration} of {cfg.max_iterations} in {self.run_dir}")
+        start_time, start_steps = time.perf_counter(), self.env_steps
+        stopped = ""
         if self.iteration == 0:
             self.logger.hparams(flatten(to_dict(cfg)), ["rollout/ep_return", "rollout/success"])
         bar = None
@@ -447,6 +461,7 @@ class Runner:
             while self.iteration < cfg.max_iterations:
                 out = self.step()
                 self.logger.scalars(out, self.env_steps)
+                self.text_log.write(progress_line(self.iteration, cfg.max_iterations, out))
                 if self._kl is not None and (self.iteration % cfg.log.heatmap_every == 0 or self.iteration == 1):
                     self.logger.kl_heatmap(self._kl, self.env_steps)
                 self._maybe_save_best(out)
@@ -462,9 +477,9 @@ class Runner:
                     bar.set_postfix(post)
                 if self.dist.any_true(self.signals.requested is not None):  # a signal on any rank
                     path = self.save()
-                    if main:
-                        sig = self.signals.requested or "on another rank"
-                        print(f"\n[cpo] signal {sig}: checkpoint saved to {path}; exiting")
+                    sig = self.signals.requested or "on another rank"
+                    stopped = f"stopped by signal {sig}"
+                    self.text_log.say(f"\n[cpo] signal {sig}: checkpoint saved to {path}; exiting")
                     break
             else:
                 if self.iteration % cfg.log.ckpt_every != 0:
@@ -474,8 +489,19 @@ class Runner:
             if bar is not None:
                 bar.close()
             self.logger.close()
+        self._summary(out, time.perf_counter() - start_time, self.env_steps - start_steps, stopped)
         self.signals.chain()  # SIGUSR1/2 under submitit: its handler requeues the SLURM job
         return out
+
+    def _summary(self, out: Dict[str, float], wall_s: float, session_steps: int, stopped: str) -> None:
+        """Print the closing summary and append it to ``train.log`` (rank 0)."""
+        ckpts = ckpt.list_checkpoints(self.run_dir)
+        best = os.path.join(self.run_dir, "checkpoints", "best.pt")
+        lines = summary_lines(f"{self.cfg.algo.name}/{self.cfg.env.name}", self.run_dir, out, self.iteration,
+                              self.env_steps, wall_s, session_steps, best if os.path.isfile(best) else None,
+                              ckpts[-1] if ckpts else None, stopped)
+        for line in lines:
+            self.text_log.say(line)
 
     def _maybe_save_best(self, out: Dict[str, float]) -> None:
         ret = out.get("rollout/ep_return")

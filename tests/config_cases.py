@@ -133,6 +133,12 @@ def _in_pbt_range(key: str) -> Callable[[Any, TrainConfig], bool]:
     return ok
 
 
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
 def _enum(*values: str) -> Callable[[Any, TrainConfig], bool]:
     return lambda v, c: v in values
 
@@ -190,6 +196,8 @@ def _rules() -> List[Rule]:
           POS + ("must be >= algo.lr_min", "must lie within")),
         R("algo.lr_schedule", "str", _enum("adaptive", "fixed", "linear"), ("must be adaptive, fixed or linear",),
           words=("adaptive", "fixed", "linear")),
+        R("algo.lr_adapt_every", "str", _enum("epoch", "minibatch"), ("must be epoch or minibatch",),
+          words=("epoch", "minibatch")),
         R("algo.lambda_f_schedule", "str", _enum("constant", "linear", "cosine"),
           ("must be constant, linear or cosine",), words=("constant", "linear", "cosine")),
         R("algo.coupling_fraction", "float", lambda v, c: 0.0 < v <= 1.0, ("must be in (0, 1]",)),
@@ -235,6 +243,11 @@ def _rules() -> List[Rule]:
         # ---- log
         *[R(f"log.{k}", "int", lambda v, c: v >= 1, GE1)
           for k in ("heatmap_every", "diag_samples", "ckpt_every", "keep_last")],
+        R("log.wandb", "bool", lambda v, c: not v or _has("wandb"), ("needs the wandb package",)),
+        R("log.wandb_mode", "str", _enum("online", "offline", "disabled"), ("must be online, offline or disabled",),
+          words=("online", "offline", "disabled")),
+        R("log.wandb_project", "str", lambda v, c: bool(v.strip()), ("must not be empty",),
+          examples=("cpo", "my-project", "", "  ")),
         # ---- pbt (base: algo=pbt; population 8, 1200 envs, horizon 32, 4 minibatches)
         R("pbt.population", "int", lambda v, c: v == 0 or (v >= 2 and _member_ok(c)),
           GE0 + ("needs at least 2 members", "is not divisible by pbt.population", "does not divide a member's batch"),
@@ -329,6 +342,9 @@ UNCHECKED: Dict[str, str] = {
     "net.normalize_value": "bool: both values valid",
     "log.tensorboard": "bool: both values valid",
     "log.progress": "bool: both values valid",
+    "log.wandb_entity": "any W&B entity name or null (W&B itself checks it when the run starts)",
+    "log.wandb_group": "any group name or null",
+    "log.wandb_tags": "any list of strings",
     "perf.fused_adam": "null/true/false all valid (fused Adam runs on CPU and CUDA)",
     "resume": "checked by cpo.app.resume_config: the 'resume' category of draw_case",
     "run_dir": "any path; cpo.app refuses one that already holds checkpoints",
@@ -884,7 +900,14 @@ def judge(case: Case, run: Callable[[], Any]) -> Outcome:
 
 
 def run_hydra(case: Case) -> Outcome:
-    """``case`` through the command-line path of train.py (overrides as text)."""
+    """``case`` through the command-line path of train.py (overrides as text). There,
+    ``env.name=X`` for a registered task other than the env preset's (point_maze in every
+    base) is refused before Hydra, naming the presets made for X (it would keep the preset's
+    tuning): the case (updated in place, so the caller judges it so too) follows that rule."""
+    name = case.values.get("env.name")
+    if name is not None and name != "point_maze" and name in ok_env_names():
+        case.valid, case.names = False, (("env.name", value_texts(name)),)
+        case.rules, case.hint = ("was tuned for env.name=point_maze",), False
     return judge(case, lambda: validate(compose(case.overrides())))
 
 

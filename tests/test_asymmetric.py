@@ -14,7 +14,7 @@ import torch
 
 from cpo.app import resume_config, run
 from cpo.config import AlgoConfig, ConfigError, TrainConfig
-from cpo.evaluate import evaluate, export_torchscript, find_checkpoint, load_policy
+from cpo.evaluation import evaluate, export_torchscript, find_checkpoint, load_policy
 from cpo.learner import Learner
 from cpo.nets import EnsembleActorCritic
 from cpo.rollout import Rollout

@@ -33,11 +33,15 @@ def test_presets_compose_and_validate(algo, M, beta):
 
 
 def test_every_env_preset_validates():
-    """Every conf/env/*.yaml composes and passes validation with the default algorithm."""
+    """Every conf/env/*.yaml composes and passes validation with the default algorithm; the
+    generic gymnasium preset once the user names the env id (and not before)."""
     names = sorted(f[:-5] for f in os.listdir(os.path.join(CONF, "env")) if f.endswith(".yaml"))
-    assert names
+    assert names and "gymnasium" in names and "mjlab" in names
+    needs = {"gymnasium": ["+env.params.id=HalfCheetah-v5"]}
     for name in names:
-        validate(composed(f"env={name}"))
+        validate(composed(f"env={name}", *needs.get(name, [])))
+    with pytest.raises(ConfigError, match="env.params.id='' is invalid: must name a gymnasium env id"):
+        validate(composed("env=gymnasium"))
 
 
 @pytest.mark.parametrize("override,pattern", [
@@ -124,3 +128,32 @@ def test_bool_keys_refuse_what_omegaconf_would_read_as_true(override, ok):
         key, _, value = override.partition("=")
         with pytest.raises(ConfigError, match=rf"^{re.escape(key)}={re.escape(value)}: must be true or false"):
             check_overrides([override])
+
+
+@pytest.mark.parametrize("argv,pattern", [
+    (["env.name=gymnasium", "+env.params.id=Hopper-v5"],
+     r"env.name=gymnasium: the env preset 'point_maze' \(the default\) was tuned for env.name=point_maze.*"
+     r"env=gym_halfcheetah.*env=gymnasium"),
+    (["env=cartpole", "env.name=pendulum"], r"env.name=pendulum: the env preset 'cartpole' .*env=pendulum"),
+    (["env=cartpole", "env.name=mjlab"], r"env=mjlab"),
+])
+def test_env_name_without_its_preset_is_refused(argv, pattern):
+    """env.name=X with another task's preset would keep that preset's num_envs, horizon, lr and
+    network: refused before Hydra, naming the presets made for X."""
+    from cpo.app import check_overrides
+
+    with pytest.raises(ConfigError, match=pattern):
+        check_overrides(argv)
+
+
+@pytest.mark.parametrize("argv", [
+    ["env=gymnasium", "+env.params.id=Hopper-v5"], ["env=cartpole", "env.name=cartpole"],
+    ["env=null", "env.name=pendulum"], ["experiment=shadow_hand", "env.name=isaacgym"],
+    ["env.name=cartpole,pendulum"], ["env.name=cartpol"],
+])
+def test_env_name_with_a_matching_or_no_preset_passes_the_guard(argv):
+    """A preset of the same task, env=null (schema defaults), an experiment preset, a sweep, or
+    an unknown name (validation answers it with a "did you mean") pass this check."""
+    from cpo.app import check_overrides
+
+    check_overrides(argv)

@@ -12,7 +12,7 @@ import torch
 import eval as eval_cli
 from cpo import checkpoint as ckpt
 from cpo.app import run
-from cpo.evaluate import evaluate, load_policy, select_policy
+from cpo.evaluation import evaluate, load_policy, select_policy
 from cpo.pbt import checkpoint_policy
 from tests.test_pbt import pbt_cfg
 

@@ -260,7 +260,7 @@ def test_members_never_share_data(tmp_path):
 
 def test_member_as_one_policy_network():
     """member_policy(p) is member p alone in the ensemble network (latent_dim 0): same mean
-    action and value on raw observations, so cpo.evaluate can evaluate and export it."""
+    action and value on raw observations, so cpo.evaluation can evaluate and export it."""
     from cpo.pbt import member_policy
 
     cfg = pbt_cfg()

@@ -14,7 +14,7 @@ import eval as eval_cli
 from cpo import checkpoint as ckpt
 from cpo.app import resume_config, run
 from cpo.config import ConfigError, TrainConfig, validate
-from cpo.evaluate import select_policy
+from cpo.evaluation import select_policy
 from cpo.nets import EnsembleActorCritic
 from cpo.pbt import PBTLearner, PBTRunner, checkpoint_policy, member_policy
 from cpo.rollout import Rollout

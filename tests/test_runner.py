@@ -188,7 +188,7 @@ def test_nonfinite_reset_policy_continues_and_counts(tmp_path):
 
 def test_eval_and_export(tmp_path):
     """eval rebuilds the policy from the run dir alone; the TorchScript export matches it."""
-    from cpo.evaluate import evaluate, export_torchscript, find_checkpoint, load_policy
+    from cpo.evaluation import evaluate, export_torchscript, find_checkpoint, load_policy
 
     run(small_cfg("sapg", iters=2), run_dir=str(tmp_path / "r"))
     model, cfg = load_policy(find_checkpoint(str(tmp_path / "r"), "latest"))
@@ -204,7 +204,7 @@ def test_eval_and_export(tmp_path):
 def test_lstm_policy_trains_resumes_and_exports(tmp_path):
     """An LSTM front end (paper: Kuka tasks) works through collect, CPO update, exact resume,
     evaluation and export."""
-    from cpo.evaluate import evaluate, export_torchscript, find_checkpoint, load_policy
+    from cpo.evaluation import evaluate, export_torchscript, find_checkpoint, load_policy
 
     def cfg(iters):
         c = small_cfg("cpo", iters=iters)

@@ -23,7 +23,7 @@ pytest.importorskip("imageio_ffmpeg", reason='videos need imageio-ffmpeg (pip in
 import imageio.v2 as imageio  # noqa: E402
 
 from cpo.config import TrainConfig  # noqa: E402
-from cpo.evaluate import even_frame, record_video  # noqa: E402
+from cpo.evaluation import even_frame, record_video  # noqa: E402
 from cpo.runner import build_model  # noqa: E402
 from envs import registry  # noqa: E402
 
@@ -63,7 +63,7 @@ def test_cartpole_video_frames_and_size(tmp_path):
 MUJOCO_VIDEO = """
 import json, sys
 from cpo.config import TrainConfig
-from cpo.evaluate import record_video
+from cpo.evaluation import record_video
 from cpo.runner import build_model
 cfg = TrainConfig(device="cpu")
 cfg.env.name, cfg.env.num_envs, cfg.env.max_episode_steps = "gymnasium", 1, 10

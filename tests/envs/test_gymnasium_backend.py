@@ -248,7 +248,7 @@ def test_render_frames_and_video(tmp_path):
     import imageio.v2 as imageio
 
     from cpo.config import TrainConfig
-    from cpo.evaluate import record_video
+    from cpo.evaluation import record_video
     from cpo.runner import build_model
 
     env = make(2, id=TEST_ID, render_mode="rgb_array")
