@@ -534,6 +534,11 @@ def markdown_table(summary: Dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------- plots
+#: per-configuration line styles and markers of the curve plots (cycled with the colours)
+LINE_STYLES = ("-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)))
+MARKERS = ("o", "s", "^", "D", "v", "x", "P", "*")
+
+
 def _plt() -> Any:
     import matplotlib
 
@@ -550,7 +555,7 @@ def plot_curves(cfgs: Sequence[Configuration], tag: str, path: str, ylabel: str,
     if not _has(cfgs, tag):
         return False
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=100)
     colors = plt.get_cmap("tab10" if len(cfgs) <= 10 else "tab20")
     for i, c in enumerate(cfgs):
         series = [j.scalars[tag] for j in c.jobs if tag in j.scalars]
@@ -558,13 +563,18 @@ def plot_curves(cfgs: Sequence[Configuration], tag: str, path: str, ylabel: str,
         if grid.size == 0:
             continue
         col = colors(i % colors.N)
-        ax.plot(grid, mean, color=col, lw=1.5, label=f"{c.label} (n={len(series)})")
-        ax.fill_between(grid, mean - std, mean + std, color=col, alpha=0.2, lw=0)
+        # line style and marker vary with the colour, so curves that coincide stay visible
+        style = LINE_STYLES[i % len(LINE_STYLES)]
+        ax.plot(grid, mean, color=col, lw=2.0 if i == 0 else 1.5, linestyle=style,
+                marker=MARKERS[i % len(MARKERS)], markevery=max(1, grid.size // 8), markersize=5,
+                label=f"{c.label} (n={len(series)})")
+        ax.fill_between(grid, mean - std, mean + std, color=col, alpha=0.15, lw=0)
     ax.set_xlabel("env steps")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    # outside the axes, so that it never hides a curve
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, framealpha=0.9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -618,7 +628,16 @@ def plot_final_bars(summary: Dict[str, Any], path: str) -> None:
     stds = [0.0 if r["final_return_std"] is None else r["final_return_std"] for r in rows]
     fig, ax = plt.subplots(figsize=(max(4.0, 1.0 + 0.9 * len(rows)), 4.5), dpi=100)
     x = np.arange(len(rows))
-    ax.bar(x, means, yerr=stds, capsize=4, color="tab:blue", alpha=0.8)
+    ax.bar(x, means, yerr=stds, capsize=4, color="tab:blue", alpha=0.8, edgecolor="black", linewidth=0.8)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    for xi, m in zip(x, means):  # the value over every bar: a bar of 0 (or missing) stays visible
+        if np.isfinite(m):
+            ax.annotate(f"{m:.3g}", (xi, m), textcoords="offset points", xytext=(0, 3 if m >= 0 else -10),
+                        ha="center", fontsize=7)
+            if m == 0:
+                ax.plot([xi - 0.4, xi + 0.4], [0, 0], color="tab:red", linewidth=2.5)
+        else:
+            ax.annotate("n/a", (xi, 0), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=7)
     ax.set_xticks(x)
     ax.set_xticklabels([r["label"] for r in rows], rotation=30 if len(rows) > 3 else 0,
                        ha="right" if len(rows) > 3 else "center", fontsize=8)
