@@ -130,6 +130,7 @@ def figure(runs: List[Dict[str, Any]], path: str, title: str) -> None:
         groups.setdefault((r["algo"], r["lambda_f"]), []).append(r)
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), dpi=100)
     styles = ["-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1))]
+    colors = plt.get_cmap("tab10")
     for i, ((algo, lam), rs) in enumerate(sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0))):
         label = algo.upper() + (f" λ_f={lam:g}" if lam is not None else "")
         for ax, key in zip(axes, ("ess_overall", "success")):
@@ -138,15 +139,16 @@ def figure(runs: List[Dict[str, Any]], path: str, title: str) -> None:
                 continue
             steps = np.arange(1, ys.shape[1] + 1) * rs[0]["env_steps"] / ys.shape[1] / 1e6
             m, s = ys.mean(0), ys.std(0)
-            line, = ax.plot(steps, m, linestyle=styles[i % len(styles)], lw=1.8, label=label)
-            ax.fill_between(steps, m - s, m + s, color=line.get_color(), alpha=0.12)
+            # the same colour and style for a group in both panels (PPO has no ESS curve)
+            ax.plot(steps, m, color=colors(i), linestyle=styles[i % len(styles)], lw=1.8, label=label)
+            ax.fill_between(steps, m - s, m + s, color=colors(i), alpha=0.08)
     axes[0].set_ylabel("overall ESS (all M policies' rows under the leader)")
     axes[1].set_ylabel("leader success rate")
     for ax in axes:
         ax.set_xlabel("env steps [M]")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8, loc="lower right", framealpha=0.9)
+    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
@@ -167,7 +169,15 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--out", default="")
     p.add_argument("--figure", default="")
+    p.add_argument("--replot", default="", help="only redraw --figure from this JSON (no training)")
     args = p.parse_args()
+    if args.replot:
+        import json
+
+        data = json.load(open(args.replot))
+        figure(data["runs"], args.figure, f"{data['task']}, β={args.beta:g}, {len({r['seed'] for r in data['runs']})} seeds "
+                                            f"({' '.join(data.get('overrides') or []) or 'preset'})")
+        return
     jobs = []
     for algo in args.algos:
         for lam in (args.lambdas if algo == "cpo" else [None]):

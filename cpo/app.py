@@ -18,7 +18,36 @@ def to_train_config(cfg: Any) -> TrainConfig:
     check_unknown_keys(OmegaConf.to_container(cfg, resolve=True), TrainConfig)
     base = OmegaConf.structured(TrainConfig)
     merged = OmegaConf.merge(base, cfg)
-    return OmegaConf.to_object(merged)
+    out = OmegaConf.to_object(merged)
+    check_list_types(out)
+    return out
+
+
+def check_list_types(obj: Any, prefix: str = "") -> None:
+    """Raise :class:`ConfigError` for a list field holding items of the wrong type (OmegaConf
+    lets an interpolation put strings into ``List[int]``, e.g. ``net.actor_hidden=${oc.env:PATH}``)."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value, hint = getattr(obj, f.name), hints.get(f.name)
+        if dataclasses.is_dataclass(value):
+            check_list_types(value, f"{prefix}{f.name}.")
+            continue
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if typing.get_origin(hint) is typing.Union and args:  # Optional[List[...]]
+            if value is None:
+                continue
+            hint = args[0]
+        if typing.get_origin(hint) is dict and not isinstance(value, dict):
+            raise ConfigError(f"{prefix}{f.name}={value!r}: must be a mapping of key: value")
+        if typing.get_origin(hint) is list:
+            item = (typing.get_args(hint) or (object,))[0]
+            kinds = (int, float) if item is float else (item,)
+            if not isinstance(value, list) or (
+                    item in (int, float, str) and not all(isinstance(v, kinds) and not isinstance(v, bool) for v in value)):
+                raise ConfigError(f"{prefix}{f.name}={value!r}: must be a list of {item.__name__} values")
 
 
 def check_unknown_keys(values: Any, schema: Any, prefix: str = "") -> None:
@@ -75,9 +104,10 @@ def check_overrides(overrides: Sequence[str], conf_dir: Optional[str] = None) ->
     Raises :class:`ConfigError` naming the override and a "did you mean". Flags, ``+key=``
     (checked after composing by :func:`check_unknown_keys`), ``~key``, ``hydra*`` keys,
     ``group/sub=`` and sweep functions are left to Hydra."""
-    groups = _config_groups(conf_dir) if conf_dir != "" else {}
+    groups = _config_groups(conf_dir or None)  # the groups exist wherever presets come from
     if conf_dir != "":
         _check_env_name_has_preset(overrides, conf_dir)
+    _check_ppo_is_one_policy(overrides)
     for ov in overrides:
         if ov.startswith(("-", "+", "~")) or "=" not in ov:
             continue
@@ -85,9 +115,20 @@ def check_overrides(overrides: Sequence[str], conf_dir: Optional[str] = None) ->
         if not key or key.startswith("hydra") or any(c in key for c in "/@[]${}"):
             continue
         if key in groups:
-            _check_group_choice(key, value, groups[key])
+            if conf_dir != "":  # presets from elsewhere: Hydra checks the choice
+                _check_group_choice(key, value, groups[key])
         else:
             _check_key_path(key, value)
+
+
+def _check_ppo_is_one_policy(overrides: Sequence[str]) -> None:
+    """``algo=ppo algo.num_policies=6`` would run SAPG labelled as PPO: refused, naming the
+    presets that are ensembles."""
+    values = dict(ov.lstrip("+").partition("=")[::2] for ov in overrides if "=" in ov)
+    m = values.get("algo.num_policies", "1").strip()
+    if values.get("algo") == "ppo" and m.isdigit() and m.isascii() and int(m) != 1:
+        raise ConfigError(f"algo.num_policies={m}: algo=ppo is the one-policy learner (M = 1); for an "
+                          "ensemble use algo=sapg, algo=cpo or algo=epo")
 
 
 def _check_env_name_has_preset(overrides: Sequence[str], conf_dir: Optional[str]) -> None:
@@ -217,31 +258,144 @@ def _check_bool(key: str, value: str, nullable: bool = False) -> None:
 
 
 def check_argv(argv: Sequence[str]) -> None:
-    """``train.py``'s command line through :func:`check_overrides` (presets are not checked
-    when ``--config-dir`` or ``hydra.searchpath`` may add some): on a refusal print one
-    ``config error:`` line and exit with code 2 (as :func:`main_entry` does), before Hydra."""
+    """``train.py``'s command line, before Hydra creates a run directory: the typo and preset
+    checks of :func:`check_overrides` (presets are not checked when ``--config-dir`` or
+    ``hydra.searchpath`` may add some), then, for a single run, :func:`precheck` (compose,
+    convert, validate). A refusal prints one ``config error:`` line and exits with code 2 (as
+    :func:`main_entry` does), and nothing has been written."""
     elsewhere = ("-cd", "--config-dir", "-cp", "--config-path", "hydra.searchpath", "+hydra.searchpath",
                  "++hydra.searchpath")
     presets_elsewhere = any(a.startswith(elsewhere) for a in argv[1:])
     try:
         check_overrides(list(argv[1:]), "" if presets_elsewhere else None)
+        precheck(list(argv[1:]))
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         sys.exit(2)
+    except ckpt.CheckpointError as err:  # resume= names a damaged or foreign checkpoint
+        print(f"checkpoint error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+#: train.py flags after which the pre-Hydra check is left to Hydra: sweeps (validated per
+#: job), another primary config, and the flags that print instead of running
+_PRECHECK_SKIP = ("-m", "--multirun", "-c", "--cfg", "-h", "--help", "--hydra-help", "-i", "--info",
+                  "--resolve", "-p", "--package", "-cp", "--config-path", "-cn", "--config-name",
+                  "-sc", "--shell-completion", "--experimental-rerun")
+
+
+def precheck(args: Sequence[str]) -> None:
+    """Compose ``conf/`` with the command-line ``args`` as Hydra will (``--config-dir`` /
+    ``-cd`` directories join the search path), convert to :class:`TrainConfig` and validate
+    it (a resume: the stored config with the overrides, and the checkpoint to continue), so
+    that a bad input fails with one line before Hydra creates the run directory. Hydra's and
+    OmegaConf's own errors (wrong types, interpolations, unparsable overrides, bad values in
+    a preset file) become one :class:`ConfigError` line naming the override or the file and
+    the key. Sweeps and printing flags are left to Hydra."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    if any(a.split("=", 1)[0] in _PRECHECK_SKIP for a in args):
+        return
+    dirs: List[str] = []
+    overrides: List[str] = []
+    it = iter(args)
+    for a in it:
+        if a in ("-cd", "--config-dir"):
+            dirs.append(os.path.abspath(next(it, "")))
+        elif a.startswith("--config-dir="):
+            dirs.append(os.path.abspath(a.split("=", 1)[1]))
+        elif a.startswith("-"):
+            continue  # other flags (e.g. --verbose) do not change the config
+        elif a.lstrip("+").startswith("hydra.searchpath"):
+            overrides.append(a.lstrip("+"))  # the compose API sets the existing key
+        elif a.lstrip("+~").startswith(("hydra.", "hydra/")):
+            continue  # Hydra's own settings (run dir, launcher, logging)
+        else:
+            overrides.append(a)
+    if dirs and not any(o.lstrip("+").startswith("hydra.searchpath") for o in overrides):
+        overrides.append("hydra.searchpath=[" + ",".join(f"file://{d}" for d in dirs) + "]")
+    try:
+        with initialize_config_dir(_default_conf_dir(), version_base="1.3"):
+            cfg = hydra_compose("config", overrides=overrides)
+        tcfg = to_train_config(cfg)
+    except ConfigError:
+        raise
+    except Exception as err:  # Hydra's and OmegaConf's errors: one line instead of several
+        raise ConfigError(hydra_error_line(err, [_default_conf_dir()] + dirs)) from None
+    if tcfg.resume is not None and tcfg.resume != AUTO_RESUME:
+        tcfg, _ = resume_config(tcfg.resume, overrides)
+    validate(tcfg)
+
+
+def hydra_error_line(err: BaseException, conf_dirs: Sequence[str] = ()) -> str:
+    """One line for an error Hydra or OmegaConf raised while composing: the override (or the
+    preset file, found in ``conf_dirs``) and the key it concerns, then the first line of the
+    reason."""
+    import re
+
+    text = str(err).strip()
+    cause = err.__cause__
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    key_of = lambda t: (re.search(r"full_key: (\S+)", t) or [None, None])[1]  # noqa: E731
+    if type(err).__name__ == "OverrideParseException":
+        bad = lines[0].split(": ", 1)[-1] if lines else text
+        return f"{bad}: cannot parse this override (Hydra's grammar: key=value; quote values with spaces " \
+               "or special characters, e.g. key='a b')"
+    m = re.match(r"Error merging override (.*)", lines[0]) if lines else None
+    if m and cause is not None:
+        reason = str(cause).strip().splitlines()[0]
+        key = key_of(str(cause))
+        return f"{m.group(1)}: {reason}" + (f" (key {key})" if key and not m.group(1).startswith(key + "=") else "")
+    m = re.match(r"In '([^']+)': (.*)", lines[0]) if lines else None
+    if m:
+        where = m.group(1)
+        files = [os.path.join(d, where + ".yaml") for d in conf_dirs if os.path.isfile(os.path.join(d, where + ".yaml"))]
+        body = [ln for ln in lines[1:] if not ln.startswith(("full_key", "reference_type", "object_type",
+                                                              "Config search path", "provider=", "Available"))]
+        reason = body[0] if body else m.group(2)
+        if "Could not find" in m.group(2):
+            options = [ln for ln in lines[1:] if not ln.startswith(("Available", "Config search path", "provider="))]
+            return f"{m.group(2)} (available: {', '.join(options)})"
+        key = key_of(text)
+        return f"in {files[0] if files else where}: " + (f"{key}: " if key else "") + reason
+    key = key_of(text)
+    hint = next((ln for ln in lines[1:] if ln.startswith("To append")), "")
+    return (f"{key}: " if key else "") + (lines[0] if lines else type(err).__name__) + (f" {hint}" if hint else "")
+
+
+def resume_target(value: str) -> Tuple[str, Optional[str]]:
+    """``resume=`` -> (run directory, the checkpoint file named, or None for the newest):
+    a run directory, or a checkpoint file inside ``<run dir>/checkpoints/``. Refuses an
+    empty value, a missing path and a file outside a run directory."""
+    if not str(value).strip():
+        raise ConfigError("resume='': must name a run directory, a checkpoint file in one, or auto "
+                          "(an empty value would silently start a fresh run)")
+    if os.path.isfile(value):
+        parent = os.path.dirname(os.path.abspath(value))
+        run_dir = os.path.dirname(parent)
+        if os.path.basename(parent) != "checkpoints":
+            raise ConfigError(f"resume={value!r}: a checkpoint file must lie in <run dir>/checkpoints/ "
+                              "of the run it continues")
+        return run_dir, value
+    if not os.path.isdir(value):
+        raise ConfigError(f"resume={value!r}: the directory does not exist")
+    return value, None
 
 
 def resume_config(run_dir: str, overrides: Sequence[str]) -> Tuple[TrainConfig, str]:
-    """The stored config of ``run_dir`` with command-line ``overrides`` applied, and the
-    checkpoint to resume from. Only keys in :data:`RESUMABLE_KEYS` may change."""
+    """The stored config of the run ``resume=`` names (a run directory or a checkpoint file in
+    one) with command-line ``overrides`` applied, and the checkpoint to resume from (the
+    named file, or the newest loadable one, skipping damaged ones with a line). Only keys in
+    :data:`RESUMABLE_KEYS` may change, and ``max_iterations`` must lie beyond the checkpoint."""
     from omegaconf import OmegaConf
 
-    if not os.path.isdir(run_dir):
-        raise ConfigError(f"resume={run_dir!r}: the directory does not exist")
-    path = ckpt.latest(run_dir)
+    run_dir, named = resume_target(run_dir)
+    path = named or ckpt.latest(run_dir)
     if path is None:
         raise ConfigError(f"resume={run_dir!r}: no loadable checkpoint in {run_dir}/checkpoints")
-    stored = ckpt.load(path)["config"]
-    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.create(stored))
+    payload = ckpt.load(path)  # an explicitly named damaged file is refused here
+    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.create(payload["config"]))
     changes: List[str] = []
     for ov in overrides:
         key, _, value = ov.lstrip("+~").partition("=")
@@ -258,6 +412,10 @@ def resume_config(run_dir: str, overrides: Sequence[str]) -> Tuple[TrainConfig, 
     if changes:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(changes))
     obj = OmegaConf.to_object(cfg)
+    done = int(payload["runner"]["iteration"])
+    if obj.max_iterations <= done:
+        raise ConfigError(f"max_iterations={obj.max_iterations}: {path} is already at iteration {done}, so "
+                          f"resuming would train nothing; give max_iterations > {done}")
     obj.resume = run_dir
     return obj, path
 
@@ -311,48 +469,114 @@ def _run(tcfg: TrainConfig, run_dir: Optional[str], overrides: Sequence[str], di
     from cpo.runner import Runner
 
     resume_from = None
-    if tcfg.resume and tcfg.resume != AUTO_RESUME:
+    if tcfg.resume is not None and tcfg.resume != AUTO_RESUME:
         tcfg, resume_from = resume_config(tcfg.resume, overrides)
         run_dir = tcfg.resume
     validate(tcfg)
     run_dir = tcfg.run_dir or run_dir or os.getcwd()
-    if tcfg.resume == AUTO_RESUME:  # rank 0 decides, so that every rank takes the same path
-        found = dist.broadcast(ckpt.latest(run_dir) if dist.is_main and os.path.isdir(run_dir) else None)
-        if found is not None:
-            tcfg, resume_from = auto_resume_config(tcfg, run_dir, found)
-    if resume_from is None:
-        existing = dist.broadcast(ckpt.list_checkpoints(run_dir) if dist.is_main else None)
-        if existing:
-            raise ConfigError(f"run_dir={run_dir!r} already holds checkpoints; use resume={run_dir} "
-                              "(or resume=auto) to continue it or choose another run_dir (nothing is overwritten)")
-    text = config_yaml(tcfg)
-    if dist.is_main:
-        os.makedirs(run_dir, exist_ok=True)
-        with open(os.path.join(run_dir, "resolved_config.yaml"), "w") as f:
-            f.write(text)
-    runner_cls = Runner
-    if tcfg.pbt.population > 0:  # a population of independent PPO learners (ALGORITHMS.md 7)
-        from cpo.pbt import PBTRunner
+    # one training process per run directory: rank 0 holds the lock until this process ends
+    lock = claim_run_dir(run_dir) if dist.is_main else None
+    try:
+        if tcfg.resume == AUTO_RESUME:  # rank 0 decides, so that every rank takes the same path
+            found = dist.broadcast(ckpt.latest(run_dir) if dist.is_main and os.path.isdir(run_dir) else None)
+            if found is not None:
+                tcfg, resume_from = auto_resume_config(tcfg, run_dir, found)
+        if resume_from is None:
+            existing = dist.broadcast(ckpt.resumable(run_dir) if dist.is_main else None)
+            if existing:
+                raise ConfigError(f"run_dir={run_dir!r} already holds checkpoints; use resume={run_dir} "
+                                  "(or resume=auto) to continue it or choose another run_dir (nothing is overwritten)")
+        text = config_yaml(tcfg)
+        if dist.is_main:
+            with open(os.path.join(run_dir, "resolved_config.yaml"), "w") as f:
+                f.write(text)
+        runner_cls = Runner
+        if tcfg.pbt.population > 0:  # a population of independent PPO learners (ALGORITHMS.md 7)
+            from cpo.pbt import PBTRunner
 
-        runner_cls = PBTRunner
-    runner = runner_cls(tcfg, run_dir, resume_from=resume_from, config_yaml=text)
-    return runner.train()
+            runner_cls = PBTRunner
+        runner = runner_cls(tcfg, run_dir, resume_from=resume_from, config_yaml=text)
+        return runner.train()
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def claim_run_dir(run_dir: str) -> "ckpt.RunLock":
+    """Before any compute: take the run directory's lock (a second training process there is
+    refused with one line), check that the directory is writable (a read-only one fails here,
+    naming it), and remove temporary checkpoint files left by a killed process."""
+    try:
+        os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
+        lock = ckpt.RunLock(run_dir).acquire()
+    except ckpt.RunLocked:
+        raise
+    except OSError as err:
+        raise ConfigError(f"run_dir={run_dir!r} is not writable: {err.strerror or err}") from None
+    probe = os.path.join(run_dir, "checkpoints", f".write_test.{os.getpid()}")
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"ok")
+        os.remove(probe)
+    except OSError as err:
+        lock.release()
+        raise ConfigError(f"run_dir={run_dir!r} is not writable: {err.strerror or err}") from None
+    for path in ckpt.remove_stale_temp_files(run_dir):
+        print(f"[cpo] removed {path}, left by a process killed while saving", file=sys.stderr)
+    return lock
 
 
 def main_entry(cfg: Any) -> Optional[float]:
     """Body of ``train.py`` under ``@hydra.main``: clear one-line errors, exit code 2."""
     from hydra.core.hydra_config import HydraConfig
 
+    from cpo.runner import NonFiniteError
+
     hc = HydraConfig.get()
+    out_dir = hc.runtime.output_dir
     try:
-        out = run(cfg, run_dir=hc.runtime.output_dir, overrides=list(hc.overrides.task))
+        out = run(cfg, run_dir=out_dir, overrides=list(hc.overrides.task))
     except ConfigError as err:
+        discard_unused_run_dir(out_dir)
         print(f"config error: {err}", file=sys.stderr)
         sys.exit(2)
     except ckpt.CheckpointError as err:
+        discard_unused_run_dir(out_dir)
         print(f"checkpoint error: {err}", file=sys.stderr)
         sys.exit(2)
+    except NonFiniteError as err:
+        print(f"non-finite error: {err}", file=sys.stderr)
+        sys.exit(2)
     return out.get("rollout/ep_return")
+
+
+#: when this process imported cpo.app (train.py does so before Hydra creates a run directory)
+_STARTED = __import__("time").time()
+#: what a run directory holds before training wrote anything of its own
+_SCAFFOLD = {".hydra", "train.log", ".lock", "checkpoints", "resolved_config.yaml"}
+
+
+def discard_unused_run_dir(run_dir: str) -> bool:
+    """Remove the run directory Hydra created for this process when the run failed before
+    writing anything of its own (only Hydra's ``.hydra/``, an empty ``checkpoints/``, the lock,
+    the resolved config and the log): a refused input leaves no directory behind. A directory
+    that existed before this process started, or holds events or checkpoints, is kept."""
+    import shutil
+
+    try:
+        if not os.path.isdir(run_dir) or os.stat(run_dir).st_ctime < _STARTED - 1.0:
+            return False
+        names = set(os.listdir(run_dir))
+        ckpts = os.path.join(run_dir, "checkpoints")
+        if not names <= _SCAFFOLD or (os.path.isdir(ckpts) and os.listdir(ckpts)):
+            return False
+        shutil.rmtree(run_dir)
+        parent = os.path.dirname(os.path.normpath(run_dir))  # outputs/<algo>_<env>/ if now empty
+        if os.path.isdir(parent) and not os.listdir(parent) and os.stat(parent).st_ctime >= _STARTED - 1.0:
+            os.rmdir(parent)
+        return True
+    except OSError:
+        return False
 
 
 def rank_argv(argv: List[str]) -> List[str]:

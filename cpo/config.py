@@ -290,6 +290,42 @@ class PBTConfig:
 
 
 @dataclass
+class EvoConfig:
+    """Evolutionary Policy Optimization (EPO; Wang, Su, Gupta, Pathak 2025; cpo/evolution.py):
+    every ``interval_steps`` env steps after ``warmup_steps``, the policies are ranked by
+    their fitness, and the latents ("genes") of the weakest are replaced by the crossover
+    (the mean) of the fittest, plus optional Gaussian mutation. Off when ``interval_steps`` is
+    0 (``algo=epo`` turns it on). Needs an ensemble (algo.num_policies >= 3)."""
+
+    interval_steps: int = 0
+    """Env steps (all envs) between evolution events; 0 = no evolution (>= 0). The authors:
+    20 M at N = 24576, T = 16 (every ~51 iterations)."""
+    warmup_steps: int = 0
+    """Env steps before the first event (>= 0). The authors: 200 M (~509 iterations)."""
+    num_parents: int = 2
+    """Elites whose latents are averaged into each child (>= 1; the authors: the top 2)."""
+    num_replace: int = 1
+    """Weakest policies replaced per event (>= 1; the authors: 1). num_parents + num_replace
+    must not exceed the policies that can take part (the leader does not count when
+    ``protect_leader``)."""
+    mutation_std: float = 0.0
+    """Gaussian mutation of a child's latent, in units of the population's per-dimension
+    latent std (>= 0; the authors' code: 0, no mutation)."""
+    fitness: str = "return"
+    """What ranks the policies: return (mean episode return) | success (mean success rate,
+    for tasks that log one), over each policy's own episodes since the last event."""
+    protect_leader: bool = True
+    """The leader is never replaced (it may still be a parent). The authors' code lets the
+    master be replaced; protecting it keeps the headline policy continuous."""
+    child_log_std: str = "keep"
+    """keep: a replaced policy keeps its own log-std (the authors' code) | parents: it takes
+    the mean of its parents' log-std rows."""
+    trigger_gamma: float = 0.0
+    """Run an event only when max - min fitness > trigger_gamma * |median| (the first paper
+    version's trigger); 0 = always (>= 0)."""
+
+
+@dataclass
 class TrainConfig:
     """Top-level training job."""
 
@@ -301,7 +337,7 @@ class TrainConfig:
     max_iterations: int = 100
     """Iterations (collect + update) to run in total, counting resumed ones (>= 1)."""
     torch_threads: Optional[int] = None
-    """CPU threads for torch; None keeps torch's default."""
+    """CPU threads for torch, 1..1024; None keeps torch's default."""
     resume: Optional[str] = None
     """Run directory to resume from (continues its step count, LR and TensorBoard run), or
     ``auto``: resume the run directory itself when it already holds a checkpoint (a requeued
@@ -322,6 +358,7 @@ class TrainConfig:
     log: LogConfig = field(default_factory=LogConfig)
     perf: PerfConfig = field(default_factory=PerfConfig)
     pbt: PBTConfig = field(default_factory=PBTConfig)
+    evo: EvoConfig = field(default_factory=EvoConfig)
 
 
 #: keys a resumed run may change from the command line (everything else must match)
@@ -367,6 +404,9 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=TrainConfig)
 
+
+#: largest accepted ``torch_threads``
+MAX_THREADS = 1024
 
 #: largest accepted ``seed`` (numpy's and most simulators' 32-bit seed range)
 SEED_MAX = 2 ** 32 - 1
@@ -431,8 +471,9 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.nonfinite == "reset":
         _check(cfg.nonfinite_check == "step", "nonfinite_check", cfg.nonfinite_check,
                "must be step when nonfinite=reset (envs are reset as soon as they go bad)")
-    _check(cfg.torch_threads is None or cfg.torch_threads >= 1, "torch_threads",
-           cfg.torch_threads, "must be >= 1 or null")
+    _check(cfg.torch_threads is None or 1 <= cfg.torch_threads <= MAX_THREADS, "torch_threads",
+           cfg.torch_threads, f"must be in 1..{MAX_THREADS} or null (more threads than cores only slows torch "
+           "down; OpenMP fails to create tens of thousands and the process crashes)")
     _check(cfg.perf.compile in ("none", "policy", "update", "all"), "perf.compile", cfg.perf.compile,
            "must be none, policy, update or all")
     _check(not (cfg.perf.cuda_graphs and cfg.device == "cpu"), "perf.cuda_graphs", cfg.perf.cuda_graphs,
@@ -474,12 +515,12 @@ def validate(cfg: TrainConfig) -> None:
                 "kl_target", "beta_lr")
     for key in positive:
         val = getattr(a, key)
-        _check(math.isfinite(val) and val > 0, f"algo.{key}", val, "must be a finite number > 0")
+        _check(finite32(val) and val > 0, f"algo.{key}", val, "must be a finite number > 0 (float32: at most 3.4e38)")
     nonneg = ("value_coef", "entropy_coef", "entropy_scale", "bounds_coef", "beta", "lambda_ppo",
               "lambda_adv")
     for key in nonneg:
         val = getattr(a, key)
-        _check(math.isfinite(val) and val >= 0, f"algo.{key}", val, "must be a finite number >= 0")
+        _check(finite32(val) and val >= 0, f"algo.{key}", val, "must be a finite number >= 0 (float32: at most 3.4e38)")
     _check(a.lr_max >= a.lr_min, "algo.lr_max", a.lr_max, f"must be >= algo.lr_min={a.lr_min}")
     _check(a.lr_min <= a.lr <= a.lr_max, "algo.lr", a.lr,
            f"must lie within [algo.lr_min={a.lr_min}, algo.lr_max={a.lr_max}]")
@@ -495,6 +536,10 @@ def validate(cfg: TrainConfig) -> None:
            "must be size or count")
     _check(a.mixed_precision in ("none", "bf16", "fp16"), "algo.mixed_precision",
            a.mixed_precision, "must be none, bf16 or fp16")
+    # fp16 with device=auto on a machine without CUDA is refused when the device is resolved
+    # (cpo.runner.resolve_device), so that a GPU config validates anywhere
+    _check(not (a.mixed_precision == "fp16" and cfg.device == "cpu"), "algo.mixed_precision", a.mixed_precision,
+           "fp16 needs a CUDA device (device=cpu); use bf16 on a CPU")
     _check(a.disc_steps >= 1, "algo.disc_steps", a.disc_steps, "must be >= 1")
     _check(a.disc_batch >= 1, "algo.disc_batch", a.disc_batch, "must be >= 1")
     _check(all(h >= 1 for h in a.disc_hidden), "algo.disc_hidden", a.disc_hidden,
@@ -503,7 +548,7 @@ def validate(cfg: TrainConfig) -> None:
         tiers = list(a.lambda_f_tiers)
         _check(len(tiers) == M - 1, "algo.lambda_f_tiers", tiers,
                f"needs one value per follower (num_policies-1={M - 1}; algo.num_policies={M})")
-        _check(all(math.isfinite(t) and t > 0 for t in tiers), "algo.lambda_f_tiers", tiers,
+        _check(all(finite32(t) and t > 0 for t in tiers), "algo.lambda_f_tiers", tiers,
                "values must be finite numbers > 0")
     if a.beta_adapt:
         _check(a.beta > 0, "algo.beta", a.beta,
@@ -512,6 +557,11 @@ def validate(cfg: TrainConfig) -> None:
                f"needs followers: algo.num_policies >= 2 (algo.num_policies={M})")
     if a.lambda_adv > 0:
         _check(M >= 2, "algo.lambda_adv", a.lambda_adv, f"needs algo.num_policies >= 2 (algo.num_policies={M})")
+    if M == 1:  # terms that need followers would be silently ignored
+        _check(a.beta == 0, "algo.beta", a.beta,
+               "the coupling needs followers: algo.num_policies >= 2 (algo.num_policies=1)")
+        _check(a.lambda_ppo == 0, "algo.lambda_ppo", a.lambda_ppo,
+               "the follower shaping needs followers: algo.num_policies >= 2 (algo.num_policies=1)")
     # ---- network
     for key in ("actor_hidden", "critic_hidden"):
         widths = list(getattr(n, key))
@@ -519,8 +569,11 @@ def validate(cfg: TrainConfig) -> None:
                "needs at least one layer, widths >= 1")
     _check(n.activation in ("elu", "relu", "tanh", "silu"), "net.activation", n.activation,
            "must be elu, relu, tanh or silu")
-    _check(n.obs_clip > 0, "net.obs_clip", n.obs_clip, "must be > 0")
-    _check(math.isfinite(n.init_log_std), "net.init_log_std", n.init_log_std, "must be a finite number")
+    _check(finite32(n.obs_clip) and n.obs_clip > 0, "net.obs_clip", n.obs_clip, "must be a finite number > 0")
+    _check(math.isfinite(n.init_log_std) and LOG_STD_RANGE[0] <= n.init_log_std <= LOG_STD_RANGE[1],
+           "net.init_log_std", n.init_log_std,
+           f"must be a finite number in [{LOG_STD_RANGE[0]:g}, {LOG_STD_RANGE[1]:g}] (sigma = exp(init_log_std); "
+           "beyond that float32 densities underflow or overflow)")
     _check(n.rnn_hidden >= 0, "net.rnn_hidden", n.rnn_hidden, "must be >= 0 (0 disables the LSTM)")
     # ---- logging
     for key in ("heatmap_every", "diag_samples", "ckpt_every", "keep_last"):
@@ -535,6 +588,8 @@ def validate(cfg: TrainConfig) -> None:
         _check(importlib.util.find_spec("wandb") is not None, "log.wandb", g.wandb,
                'needs the wandb package: pip install -e ".[wandb]"')
     validate_pbt(cfg)
+    validate_evo(cfg)
+    check_memory(cfg)  # absurd sizes fail here, before any env or tensor is allocated
     # ---- env: name and parameters are checked against the task registry
     from envs import registry
 
@@ -547,11 +602,145 @@ def validate(cfg: TrainConfig) -> None:
                "must be >= 1 or null")
 
 
+#: the largest float32: hyperparameters become float32 tensors, so larger values overflow
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def finite32(x: float) -> bool:
+    """Whether ``x`` is finite and fits a float32 (the dtype of the tensors it ends up in)."""
+    return math.isfinite(x) and abs(x) <= FLOAT32_MAX
+
+
+#: accepted range of ``net.init_log_std``: sigma from ~2e-9 to ~150
+LOG_STD_RANGE = (-20.0, 5.0)
+
+
+def estimate_memory(cfg: TrainConfig, obs_dim: int = 1, act_dim: int = 1,
+                    privileged_dim: int = 0) -> Dict[str, float]:
+    """A lower-bound estimate of the bytes one training process allocates, by part (float32,
+    the observation and action sizes given; 1 when unknown): ``rollout`` (storage and
+    front-end features, ~N*T rows), ``batch`` (row indices and targets of every on-policy,
+    off-policy and coupling row), ``activations`` (one minibatch through the networks,
+    forward and backward), ``parameters`` (weights, gradients, two Adam moments and the
+    start-of-iteration copy). Used to refuse sizes that cannot fit before anything is
+    allocated (:func:`check_memory`)."""
+    a, e, n = cfg.algo, cfg.env, cfg.net
+    N, T, M = float(e.num_envs), float(a.horizon), max(int(a.num_policies), 1)
+    D, A, P = float(obs_dim), float(act_dim), float(privileged_dim)
+    rows_onp = N * T
+    # rollout storage: obs (T+1) and final obs, privileged likewise, actions and means, five
+    # per-step scalars; the front end keeps normalised copies of both observation tensors
+    rollout = 4 * rows_onp * (4 * D + 2 * P + 2 * A + 6)
+    extra = 0.0
+    if M > 1:
+        extra = rows_onp / M * (M - 1)  # coupling rows (leader's steps relabelled per follower)
+        extra += rows_onp / M * (M - 1 if str(a.offpolicy_blocks).strip().lower() == "all" else 1)
+    batch = (rows_onp + extra) * 8 * 12  # ~12 per-row fields of 8 bytes at most
+    widths = list(n.actor_hidden) + (list(n.critic_hidden) if n.separate_critic else [])
+    widths += [int(n.rnn_hidden)] * 4 if n.rnn_hidden else []
+    mb_rows = (rows_onp + extra) / max(int(a.num_minibatches), 1)
+    if n.rnn_hidden:  # the LSTM re-runs whole sequences of the minibatch's columns
+        mb_rows = max(mb_rows, rows_onp / max(int(a.num_minibatches), 1))
+    activations = 4 * 3 * mb_rows * (sum(widths) + D + A)  # forward, saved tensors, gradients
+    sizes_a = [D + a.latent_dim + (n.rnn_hidden or 0)] + list(n.actor_hidden) + [A]
+    sizes_c = [(P or D) + a.latent_dim] + list(n.critic_hidden) + [1]
+    params = sum(x * y for x, y in zip(sizes_a[:-1], sizes_a[1:]))
+    params += sum(x * y for x, y in zip(sizes_c[:-1], sizes_c[1:])) if n.separate_critic else 0
+    params += 4 * n.rnn_hidden * (n.rnn_hidden + D) if n.rnn_hidden else 0
+    parameters = 4 * 5 * params  # weights, gradients, 2 Adam moments, the iteration-start copy
+    return {"rollout": rollout, "batch": batch, "activations": activations, "parameters": parameters}
+
+
+def available_memory(device: str) -> Optional[float]:
+    """Bytes of memory of ``device`` as configured: the GPU's total for cuda / cuda:<i> (or
+    auto on a machine with CUDA), physical RAM for cpu (or auto without CUDA); None when it
+    cannot be told here (a CUDA config checked on a machine without that GPU)."""
+    import os
+
+    if device == "cpu" or (device == "auto" and not _cuda_available()):
+        try:
+            return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+        except (ValueError, OSError, AttributeError):
+            return None
+    if not _cuda_available():
+        return None
+    import torch
+
+    index = int(device.split(":")[1]) if ":" in device else 0
+    if index >= torch.cuda.device_count():
+        return None
+    return float(torch.cuda.get_device_properties(index).total_memory)
+
+
+#: which keys to name when a part of :func:`estimate_memory` does not fit
+_MEMORY_KEYS = {"rollout": ("env.num_envs", "algo.horizon"), "batch": ("env.num_envs", "algo.horizon"),
+                "activations": ("env.num_envs", "algo.horizon", "algo.num_minibatches", "net.actor_hidden",
+                                "net.critic_hidden", "net.rnn_hidden"),
+                "parameters": ("net.actor_hidden", "net.critic_hidden", "net.rnn_hidden", "algo.latent_dim")}
+
+
+def check_memory(cfg: TrainConfig, obs_dim: int = 1, act_dim: int = 1, privileged_dim: int = 0,
+                 available: Optional[float] = None) -> None:
+    """Raise :class:`ConfigError` when :func:`estimate_memory` exceeds the device's memory
+    (:func:`available_memory`), naming the keys of the largest part, their values, the
+    estimate and what the machine has. Silent when the memory cannot be told."""
+    total_mem = available if available is not None else available_memory(cfg.device)
+    if total_mem is None:
+        return
+    parts = estimate_memory(cfg, obs_dim, act_dim, privileged_dim)
+    need = sum(parts.values())
+    if need <= total_mem:
+        return
+    part = max(parts, key=parts.get)
+    keys = _MEMORY_KEYS[part]
+    values = ", ".join(f"{k}={_get(cfg, k)}" for k in keys)
+    raise ConfigError(f"{values}: needs at least {_bytes(need)} ({part}: {_bytes(parts[part])}), more than "
+                      f"the {_bytes(total_mem)} of device={cfg.device}; lower {' or '.join(keys)}")
+
+
+def _get(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return list(cfg) if isinstance(cfg, (list, tuple)) else cfg
+
+
+def _bytes(x: float) -> str:
+    for unit, size in (("TiB", 2 ** 40), ("GiB", 2 ** 30), ("MiB", 2 ** 20)):
+        if x >= size:
+            return f"{x / size:.3g} {unit}"
+    return f"{x:.0f} B"
+
+
 def _cuda_available() -> bool:
     """Whether torch sees a CUDA device (what ``device=auto`` resolves to cuda with)."""
     import torch
 
     return bool(torch.cuda.is_available())
+
+
+def validate_evo(cfg: TrainConfig) -> None:
+    """Check the ``evo`` section (EPO) and what it needs from the ensemble."""
+    v, M = cfg.evo, cfg.algo.num_policies
+    for key in ("interval_steps", "warmup_steps"):
+        _check(getattr(v, key) >= 0, f"evo.{key}", getattr(v, key), "must be >= 0")
+    _check(v.num_parents >= 1, "evo.num_parents", v.num_parents, "must be >= 1")
+    _check(v.num_replace >= 1, "evo.num_replace", v.num_replace, "must be >= 1")
+    _check(finite32(v.mutation_std) and v.mutation_std >= 0, "evo.mutation_std", v.mutation_std,
+           "must be a finite number >= 0")
+    _check(finite32(v.trigger_gamma) and v.trigger_gamma >= 0, "evo.trigger_gamma", v.trigger_gamma,
+           "must be a finite number >= 0")
+    _check(v.fitness in ("return", "success"), "evo.fitness", v.fitness, "must be return or success")
+    _check(v.child_log_std in ("keep", "parents"), "evo.child_log_std", v.child_log_std, "must be keep or parents")
+    if v.interval_steps == 0:
+        return
+    _check(cfg.pbt.population == 0, "evo.interval_steps", v.interval_steps,
+           "evolves the latents of one ensemble; PBT (pbt.population > 0) has no latents")
+    pool = M - (1 if v.protect_leader else 0)
+    _check(M >= 3 and v.num_parents + v.num_replace <= M and v.num_replace <= pool, "evo.num_replace",
+           v.num_replace, f"evo.num_parents={v.num_parents} + evo.num_replace must fit the {M} policies "
+           f"(algo.num_policies={M}; the leader is never replaced with evo.protect_leader) and M >= 3")
+    _check(cfg.algo.latent_dim > 0, "algo.latent_dim", cfg.algo.latent_dim,
+           "must be > 0 with evolution (evo.interval_steps > 0): the latents are the genes")
 
 
 def validate_pbt(cfg: TrainConfig) -> None:

@@ -124,6 +124,9 @@ class Learner:
         self.loss_fn = fast.compiled(functools.partial(minibatch_loss, model, cfg, device.type, self.autocast_dtype),
                                      perf.compile in ("update", "all"))
         self.gen = torch.Generator(device=device).manual_seed(seed + 7919)
+        #: fp16 autocast needs loss scaling (gradients below fp16's range would vanish); bf16
+        #: and fp32 do not
+        self.scaler = torch.amp.GradScaler(device.type) if cfg.mixed_precision == "fp16" else None
         self.beta = torch.full((self.M,), float(cfg.beta), device=device)
         self.beta[0] = 0.0  # the leader has no coupling term
         self.ent_coef = entropy_coefficients(cfg).to(device)
@@ -338,6 +341,10 @@ class Learner:
         behaviour = self.pol_env.index_select(0, batch.src[:batch.n_ppo] % N)  # block of each row
         ref_ls = ro.log_std.index_select(0, behaviour)
         kl_epochs = torch.zeros((), device=self.device)
+        # the first non-finite quantity met (0 none, 1 loss, 2 gradient, 3 parameter) and the
+        # gradient step it came at, kept on the device (the caller syncs once per iteration)
+        bad_code = torch.zeros((), dtype=torch.long, device=self.device)
+        bad_step = torch.zeros((), dtype=torch.long, device=self.device)
         steps = 0
         for _ in range(cfg.num_epochs):
             kl_sum = torch.zeros((), device=self.device)
@@ -357,13 +364,26 @@ class Learner:
                     batch.ent_coef.index_select(0, pidx), batch.is_onpolicy.index_select(0, pidx),
                     ref_mu.index_select(0, pidx), ref_ls.index_select(0, pidx), batch.coupling_scale)
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if self.scaler is not None:  # fp16: scale the loss so small gradients survive
+                    self.scaler.scale(loss).backward()
+                    self.scaler.unscale_(self.optimizer)
+                else:
+                    loss.backward()
                 mb_kl, mb_rows = terms.pop("kl_sum"), terms.pop("kl_rows")
                 # torchrun: gradients averaged over ranks in one bucket that also sums the KL parts
                 mb_kl, mb_rows = self.dist.sync_grads(model.parameters(), (mb_kl, mb_rows))
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                self.optimizer.step()
+                if self.scaler is not None:  # skips the step (and lowers the scale) on inf gradients
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                else:
+                    self.optimizer.step()
                 with torch.no_grad():
+                    code = torch.where(~torch.isfinite(loss.detach()), 1,
+                                       torch.where(torch.isfinite(grad_norm) | (self.scaler is not None), 0, 2))
+                    first = (bad_code == 0) & (code > 0)
+                    bad_step = torch.where(first, steps, bad_step)
+                    bad_code = torch.where(first, code, bad_code)
                     # refresh the reference of these rows with their pre-step policy
                     ref_mu.index_copy_(0, pidx, terms.pop("mu").to(ref_mu.dtype))
                     ref_ls.index_copy_(0, pidx, terms.pop("log_std").to(ref_ls.dtype))
@@ -382,8 +402,14 @@ class Learner:
                 kl_epochs += kl
                 if cfg.lr_schedule == "adaptive" and cfg.lr_adapt_every == "epoch":
                     self.lr.copy_(adaptive_lr(self.lr, kl, cfg.kl_threshold, cfg.lr_min, cfg.lr_max))
+        with torch.no_grad():  # a parameter the steps left non-finite (e.g. an overflowing update)
+            params_ok = torch.stack([p.detach().abs().amax().isfinite() for p in model.parameters()]).all()
+            bad_step = torch.where((bad_code == 0) & ~params_ok, steps - 1, bad_step)
+            bad_code = torch.where((bad_code == 0) & ~params_ok, 3, bad_code)
         out = {k: v / steps for k, v in stats.items()}
         out["approx_kl"] = kl_epochs / cfg.num_epochs
+        out["nonfinite_code"], out["nonfinite_step"] = bad_code.float(), bad_step.float()
+        out["gradient_steps"] = torch.tensor(float(steps), device=self.device)
         out["explained_variance"] = explained_variance(batch.v_old[batch.is_onpolicy > 0],
                                                        batch.ret[batch.is_onpolicy > 0])
         if cfg.lr_schedule == "linear":
@@ -472,6 +498,8 @@ class Learner:
         sd: Dict[str, object] = {"optimizer": self.optimizer.state_dict(), "lr": self.lr.clone(),
                                  "beta": self.beta.clone(), "gen": self.gen.get_state(),
                                  "iteration": self.iteration}
+        if self.scaler is not None:
+            sd["scaler"] = self.scaler.state_dict()
         if self.disc is not None:
             sd["disc"] = self.disc.state_dict()
             sd["disc_opt"] = self.disc_opt.state_dict()
@@ -486,6 +514,8 @@ class Learner:
         self.beta.copy_(sd["beta"])
         self.gen.set_state(sd["gen"])
         self.iteration = int(sd["iteration"])
+        if self.scaler is not None and "scaler" in sd:
+            self.scaler.load_state_dict(sd["scaler"])
         if self.disc is not None:
             self.disc.load_state_dict(sd["disc"])
             self.disc_opt.load_state_dict(sd["disc_opt"])

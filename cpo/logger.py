@@ -122,6 +122,13 @@ class Logger:
 
             self.wandb_run.log({tag: wandb.Image(img), "env_steps": step})
 
+    def text(self, tag: str, text: str, step: int) -> None:
+        """A line of text at x = ``step`` (TensorBoard's Text tab; the W&B run's history)."""
+        if self.writer is not None:
+            self.writer.add_text(tag, text, step)
+        if self.wandb_run is not None:
+            self.wandb_run.log({tag: text, "env_steps": step})
+
     def hparams(self, hparams: Dict[str, Any], metrics: List[str]) -> None:
         """Record the run's hyperparameters (TensorBoard's HParams tab), linked to scalar
         ``metrics`` tags (the W&B run gets the config when it starts)."""

@@ -52,7 +52,7 @@ from cpo import losses
 from cpo.config import PBT_HYPERPARAMS, ConfigError, PBTConfig, TrainConfig, pbt_range
 from cpo.nets import gaussian_entropy, gaussian_log_prob
 from cpo.rollout import Rollout, gae
-from cpo.runner import NonFiniteError, Runner, check_privileged_critic
+from cpo.runner import Runner, check_privileged_critic
 from cpo.stacked import (StackedActorCritic, StackedAdam, StackedLinear, clip_grad_norm_per_member,
                          from_members, to_members)
 
@@ -579,10 +579,16 @@ class PBTRunner(Runner):
         """Collect, update every member, maybe run a round; the iteration's scalars."""
         cfg, L = self.cfg, self.learner
         t0 = time.perf_counter()
-        sums = self.collect_checked()
+        snapshot, good = self._snapshot(), self._good_state()
+        sums = self.collect_checked(snapshot)
         t1 = time.perf_counter()
         batch = L.build_batch(self.storage, has_final_obs=self.env.has_final_obs)
         stats = L.update(batch)
+        with torch.no_grad():  # a non-finite loss or parameter: restore, save last_good.pt, stop
+            loss_ok = torch.isfinite(torch.stack([stats["policy"].sum(), stats["value"].sum()])).all()
+            params_ok = torch.stack([p.detach().abs().amax().isfinite() for p in self.model.parameters()]).all()
+        if not bool(loss_ok & params_ok):
+            self._stop_nonfinite(good, snapshot, 1 if not bool(loss_ok) else 3, 0, 0)
         if cfg.net.normalize_obs:  # once per rollout, raw observations, each member its own block
             self.model.obs_rms.update(self.storage.obs[:-1])
             if self.model.asymmetric:  # the critic's own normaliser, same schedule
@@ -617,11 +623,6 @@ class PBTRunner(Runner):
         for k in ("policy", "value", "entropy", "bounds", "approx_kl", "clipfrac", "grad_norm",
                   "explained_variance"):
             out[f"losses/{k}"] = float(host[k].mean())
-        bad = [k for k in ("policy", "value") if not math.isfinite(out[f"losses/{k}"])]
-        if bad:
-            path = self.save(tag="last_good")
-            raise NonFiniteError(f"non-finite loss ({', '.join(bad)}) at iteration {self.iteration}; "
-                                 f"checkpoint saved to {path}")
         score, ready = L.scores()
         hp = {k: L.hp[k].cpu() for k in self.cfg.pbt.mutate}
         count = host["count"]

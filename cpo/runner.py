@@ -14,6 +14,7 @@ import torch
 from cpo import checkpoint as ckpt
 from cpo import distributed, fast
 from cpo.config import TrainConfig, flatten, to_dict
+from cpo.evolution import Evolution, describe
 from cpo.learner import Learner, lambda_f_at
 from cpo.logger import Logger, RunLog, WandbSettings, progress_line, summary_lines
 from cpo.nets import EnsembleActorCritic, gaussian_entropy
@@ -89,6 +90,17 @@ def build_model(cfg: TrainConfig, obs_dim: int, act_dim: int,
         rnn_hidden=n.rnn_hidden, privileged_dim=privileged_dim, seed=cfg.seed)
 
 
+def _clone_tree(x: Any) -> Any:
+    """A copy of nested dicts / lists of tensors (tensors cloned, other values shared)."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().clone()
+    if isinstance(x, dict):
+        return {k: _clone_tree(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_clone_tree(v) for v in x)
+    return copy.deepcopy(x)
+
+
 #: SLURM's ``--signal`` and submitit's timeout/preemption signal (USR2 by default)
 _USR_SIGNALS = tuple(getattr(signal, n) for n in ("SIGUSR1", "SIGUSR2") if hasattr(signal, n))
 
@@ -130,6 +142,10 @@ class _Signals:
             handler(self.requested, None)
 
 
+#: above this many policies the M x M KL heatmap image is not drawn (the diversity/kl/*
+#: summaries and per-follower scalars stay)
+HEATMAP_MAX_POLICIES = 16
+
 #: runner entries of a checkpoint that belong to one rank (its envs' side) under torchrun
 _RANK_LOCAL = ("obs", "ep_ret", "ep_len", "act_gen", "torch_rng", "rnn_state", "priv", "nonfinite_resets")
 
@@ -162,6 +178,15 @@ class Runner:
             from cpo.config import ConfigError
 
             raise ConfigError(str(err)) from None
+        if cfg.algo.mixed_precision == "fp16" and self.device.type != "cuda":  # (after the env's own errors)
+            from cpo.config import ConfigError
+
+            raise ConfigError(f"algo.mixed_precision='fp16': fp16 needs a CUDA device (device={cfg.device} "
+                              f"resolves to {self.device}); use bf16 on a CPU")
+        # with the env's real sizes, before any model or rollout storage is allocated
+        from cpo.config import check_memory
+
+        check_memory(cfg, self.env.obs_dim, self.env.act_dim, self.env.privileged_dim)
         self.model, self.learner = self.build()
         self._join_ranks()
         self._policy_step = fast.policy_step(self.model, cfg.perf, self.device)
@@ -196,6 +221,13 @@ class Runner:
             print("[cpo] this env gives no final observation: truncated steps bootstrap with V(s_t)")
         self.logger: Optional[Logger] = None
         self.signals = _Signals()
+        #: EPO (cpo/evolution.py): the fitness window and the genetic step; None without evolution
+        self.evolution: Optional[Evolution] = None
+        if cfg.evo.interval_steps > 0 and cfg.pbt.population == 0:
+            self.evolution = Evolution(cfg.evo, self.M, self.device, seed=cfg.seed)
+            if resume_from is not None and getattr(self, "_evolution_state", None) is not None:
+                self.evolution.load_state_dict(self._evolution_state)
+        self._texts: List[Tuple[str, str]] = []  # (tag, text) for the logger, e.g. evolution events
 
     def build(self) -> Tuple[Any, Any]:
         """The model and the learner of this run (the PBT runner in cpo/pbt.py builds a stacked
@@ -303,10 +335,11 @@ class Runner:
             raise _BadEnvs(*_describe(bad), ro.horizon - 1)
         return sums
 
-    def collect_checked(self) -> Dict[str, torch.Tensor]:
+    def collect_checked(self, snapshot: Optional[Dict[str, Any]] = None) -> Dict[str, torch.Tensor]:
         """:meth:`collect`; non-finite env output (nonfinite=stop) saves the state at the start
-        of the iteration as ``checkpoints/last_good.pt`` and raises :class:`NonFiniteError`."""
-        snapshot = self._snapshot()
+        of the iteration (``snapshot``, taken here when not given) as
+        ``checkpoints/last_good.pt`` and raises :class:`NonFiniteError`."""
+        snapshot = snapshot if snapshot is not None else self._snapshot()
         found: Optional[_BadEnvs] = None
         try:
             sums = self.collect()
@@ -320,11 +353,38 @@ class Runner:
             where, quantity, t = self._bad_report(found)
             self.dist.barrier()  # the file is written before any rank exits
             raise NonFiniteError(
-                f"non-finite {quantity} from {where} at iteration {self.iteration}, "
+                f"non-finite {quantity} from {where} in iteration {self.iteration + 1}, "
                 f"rollout step {t} (env steps {self.env_steps + t * self.env.num_envs * self.dist.world_size}); "
                 f"the state at the start of the iteration is saved to {path} "
                 f"(resume from it, or set nonfinite=reset to reset such envs and continue)") from None
         return sums
+
+    def _good_state(self) -> Dict[str, Any]:
+        """Copies of the model's and the learner's state (parameters, normalisers, optimiser,
+        LR, beta, generators) at the start of an iteration: what ``last_good.pt`` holds when
+        the update meets a non-finite loss, gradient or parameter."""
+        return {"model": _clone_tree(self.model.state_dict()), "learner": _clone_tree(self.learner.state_dict())}
+
+    def _stop_nonfinite(self, good: Dict[str, Any], snapshot: Dict[str, Any], code: int, step: int,
+                        steps: int) -> None:
+        """Restore the start-of-iteration state, save it as ``checkpoints/last_good.pt`` and
+        raise :class:`NonFiniteError` naming the quantity, the iteration and the gradient step."""
+        self.model.load_state_dict(good["model"])
+        self.learner.load_state_dict(good["learner"])
+        path = os.path.join(self.run_dir, "checkpoints", "last_good.pt")
+        payload = self.state(snapshot)
+        if self.dist.is_main:
+            ckpt.save(payload, path)
+        self.dist.barrier()
+        quantity = {1: "loss", 2: "gradient", 3: "parameter"}.get(code, "loss")
+        where = f"in iteration {self.iteration + 1}"
+        if steps > 0:  # which gradient step (the PBT learner reports none)
+            per_epoch = max(steps // max(int(self.cfg.algo.num_epochs), 1), 1)
+            where += (f", minibatch {step % per_epoch} of epoch {step // per_epoch} "
+                      f"(gradient step {step + 1} of {steps})")
+        raise NonFiniteError(
+            f"non-finite {quantity} {where}; the state from the start of the iteration is saved to "
+            f"{path} (resume={self.run_dir} continues from it)")
 
     def _bad_report(self, bad: Optional[_BadEnvs]) -> Tuple[str, str, int]:
         """(which envs, which quantity, rollout step) of the first rank that met non-finite
@@ -344,7 +404,8 @@ class Runner:
         """Collect, update, and return the iteration's scalar statistics (one host sync)."""
         cfg = self.cfg
         t0 = time.perf_counter()
-        sums = self.collect_checked()
+        snapshot, good = self._snapshot(), self._good_state()
+        sums = self.collect_checked(snapshot)
         t1 = time.perf_counter()
         batch = self.learner.build_batch(self.storage, has_final_obs=self.env.has_final_obs)
         diag = self.learner.diagnostics(self.storage, cfg.log.diag_samples)
@@ -365,20 +426,18 @@ class Runner:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         t2 = time.perf_counter()
+        # ---- the single host sync of the iteration
+        host = {k: v.detach().cpu() for k, v in {**sums, **stats, **diag, **disc}.items()}
+        if float(host["nonfinite_code"]) > 0:  # restore, save last_good.pt, stop
+            self._stop_nonfinite(good, snapshot, int(round(float(host["nonfinite_code"]))),
+                                 int(host["nonfinite_step"]), int(host["gradient_steps"]))
         self.iteration += 1
         steps = self.storage.horizon * self.storage.num_envs * self.dist.world_size  # all ranks
         self.env_steps += steps
-        # ---- the single host sync of the iteration
-        host = {k: v.detach().cpu() for k, v in {**sums, **stats, **diag, **disc}.items()}
         out: Dict[str, float] = {}
         for k in ("policy", "value", "entropy", "coupling", "bounds", "approx_kl", "clipfrac",
                   "grad_norm", "explained_variance"):
             out[f"losses/{k}"] = float(host[k])
-        if not all(math.isfinite(out[f"losses/{k}"]) for k in ("policy", "value", "coupling")):
-            path = self.save(tag="last_good")
-            raise NonFiniteError(f"non-finite loss at iteration {self.iteration}: "
-                                 f"{ {k: v for k, v in out.items() if not math.isfinite(v)} }; "
-                                 f"checkpoint saved to {path}")
         count = host["count"]
         metric_keys = [k for k in host if k in sums and k != "count"]
         for m in range(self.M):
@@ -411,6 +470,12 @@ class Runner:
                 out[f"diversity/kl/leader_to_{f}"] = float(K[0, f])
                 out[f"diversity/kl/{f}_to_leader"] = float(K[f, 0])
             self._kl = K
+            # summaries that stay readable for a large population (EPO's M = 64)
+            off = K + np.diag(np.full(self.M, np.inf))
+            out["diversity/kl/offdiag_median"] = float(np.median(K[~np.eye(self.M, dtype=bool)]))
+            out["diversity/kl/leader_row_mean"] = float(K[0, 1:].mean())
+            out["diversity/followers_nearest_leader"] = float(sum(int(np.argmin(off[f])) == 0
+                                                                  for f in range(1, self.M)))
         if "disc_loss" in host:
             out["diversity/disc_loss"] = float(host["disc_loss"])
             out["diversity/disc_acc"] = float(host["disc_acc"])
@@ -418,6 +483,8 @@ class Runner:
         if self.M > 1:
             out["train/beta"] = float(self.learner.beta[1:].mean())
             out["train/lambda_f"] = float(lambda_f_at(cfg.algo, (self.iteration - 1) / max(cfg.max_iterations - 1, 1)).mean())
+        if self.evolution is not None:
+            self._evolve(sums, out)
         out["perf/collect_s"] = t1 - t0
         out["perf/learn_s"] = t2 - t1
         out["perf/sps"] = steps / max(t2 - t0, 1e-9)
@@ -426,6 +493,26 @@ class Runner:
             out["perf/nonfinite_resets"] = nonfinite
         self.last_stats = out
         return out
+
+    def _evolve(self, sums: Dict[str, torch.Tensor], out: Dict[str, float]) -> None:
+        """EPO: add this iteration's episodes to the fitness window; when an event is due,
+        replace the weakest latents (cpo/evolution.py), zero their LSTM state, and log the
+        fitness of every policy and who was replaced by whose crossover."""
+        evo = self.evolution
+        evo.record(sums)
+        if not evo.due(self.env_steps):
+            return
+        record = evo.step(self.model, self.learner.optimizer, self.env_steps)
+        if self.rnn_state is not None and record["victims"]:  # a new gene starts from a zero memory
+            hit = torch.isin(self.pol_env, torch.tensor(record["victims"], device=self.device))
+            keep = (~hit).float().unsqueeze(-1)
+            self.rnn_state = (self.rnn_state[0] * keep, self.rnn_state[1] * keep)
+        for m, (f, ok) in enumerate(zip(record["fitness"], record["eligible"])):
+            if ok:
+                out[f"evo/fitness/policy_{m}"] = float(f)
+        out["evo/events"] = float(record["event"])
+        out["evo/replaced"] = float(len(record["victims"]))
+        self._texts.append(("evo/events", describe(record, self.iteration)))
 
     # ---- the loop -----------------------------------------------------------------------
     def train(self) -> Dict[str, float]:
@@ -462,7 +549,12 @@ class Runner:
                 out = self.step()
                 self.logger.scalars(out, self.env_steps)
                 self.text_log.write(progress_line(self.iteration, cfg.max_iterations, out))
-                if self._kl is not None and (self.iteration % cfg.log.heatmap_every == 0 or self.iteration == 1):
+                for tag, text in self._texts:
+                    self.logger.text(tag, text, self.env_steps)
+                    self.text_log.write(text)
+                self._texts.clear()
+                if (self._kl is not None and self.M <= HEATMAP_MAX_POLICIES
+                        and (self.iteration % cfg.log.heatmap_every == 0 or self.iteration == 1)):
                     self.logger.kl_heatmap(self._kl, self.env_steps)
                 self._maybe_save_best(out)
                 if self.iteration % cfg.log.ckpt_every == 0:
@@ -538,6 +630,12 @@ class Runner:
         return out
 
     def _state(self) -> Dict[str, Any]:
+        out = self._base_state()
+        if getattr(self, "evolution", None) is not None:
+            out["evolution"] = self.evolution.state_dict()
+        return out
+
+    def _base_state(self) -> Dict[str, Any]:
         return {
             "format": ckpt.FORMAT_VERSION,
             "config": self.config_yaml,
@@ -593,6 +691,7 @@ class Runner:
         if self.rnn_state is not None:
             self.rnn_state = (r["rnn_state"][0].to(self.device), r["rnn_state"][1].to(self.device))
         self.nonfinite_resets = int(r.get("nonfinite_resets", 0))
+        self._evolution_state = payload.get("evolution")  # applied once the Evolution exists
 
 
     def _rank_payload(self, payload: Dict[str, Any]) -> Dict[str, Any]:

@@ -26,7 +26,8 @@ import random
 import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from cpo.config import PBT_HYPERPARAMS, SEED_MAX, ConfigError, TrainConfig, pbt_range, validate
+from cpo.config import (FLOAT32_MAX, LOG_STD_RANGE, PBT_HYPERPARAMS, SEED_MAX, ConfigError, TrainConfig, available_memory,
+                        estimate_memory, pbt_range, validate)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONF = os.path.join(ROOT, "conf")
@@ -95,11 +96,11 @@ def _fin(v: float) -> bool:
 
 
 def _pos(v: float) -> bool:
-    return math.isfinite(v) and v > 0
+    return math.isfinite(v) and 0 < v <= FLOAT32_MAX
 
 
 def _nonneg(v: float) -> bool:
-    return math.isfinite(v) and v >= 0
+    return math.isfinite(v) and 0 <= v <= FLOAT32_MAX
 
 
 def _off_ok(v: str, M: int) -> bool:
@@ -131,6 +132,16 @@ def _in_pbt_range(key: str) -> Callable[[Any, TrainConfig], bool]:
         _, low, high = pbt_range(c.algo, key)
         return low <= v <= high
     return ok
+
+
+def _fits(c: TrainConfig) -> bool:
+    """Whether check_memory's lower-bound estimate fits the machine (unknown memory: fits)."""
+    try:
+        parts = estimate_memory(c)
+    except (TypeError, ValueError, OverflowError):
+        return True  # a value the earlier rules refuse anyway
+    avail = available_memory(c.device)
+    return avail is None or sum(parts.values()) <= avail
 
 
 def _has(module: str) -> bool:
@@ -167,7 +178,7 @@ def _rules() -> List[Rule]:
         R("nonfinite", "str", _enum("stop", "reset"), ("must be stop or reset",), words=("stop", "reset")),
         R("nonfinite_check", "str", _enum("step", "iteration"), ("must be step or iteration",),
           words=("step", "iteration")),
-        R("torch_threads", "opt_int", lambda v, c: v is None or v >= 1, (">= 1 or null",)),
+        R("torch_threads", "opt_int", lambda v, c: v is None or 1 <= v <= 1024, ("must be in 1..1024 or null",)),
         R("perf.compile", "str", _enum("none", "policy", "update", "all"), ("must be none, policy, update or all",),
           words=("none", "policy", "update", "all")),
         R("perf.cuda_graphs", "bool",
@@ -175,8 +186,9 @@ def _rules() -> List[Rule]:
           ("needs a CUDA device", "feed-forward")),
         # ---- algo: layout
         R("algo.num_policies", "int",
-          lambda v, c: v >= 1 and c.env.num_envs % v == 0 and _off_ok(c.algo.offpolicy_blocks, v),
-          GE1 + ("is not divisible by algo.num_policies",)),
+          lambda v, c: v >= 1 and c.env.num_envs % v == 0 and _off_ok(c.algo.offpolicy_blocks, v)
+          and (v >= 2 or c.algo.beta == 0),
+          GE1 + ("is not divisible by algo.num_policies", "the coupling needs followers")),
         R("algo.latent_dim", "int", lambda v, c: v >= 0, GE0),
         R("algo.horizon", "int", lambda v, c: v >= 1 and _batch_ok(c), GE1 + ("does not divide the batch",)),
         R("algo.num_epochs", "int", lambda v, c: v >= 1, GE1),
@@ -203,8 +215,8 @@ def _rules() -> List[Rule]:
         R("algo.coupling_fraction", "float", lambda v, c: 0.0 < v <= 1.0, ("must be in (0, 1]",)),
         R("algo.minibatch_mode", "str", _enum("size", "count"), ("must be size or count",),
           words=("size", "count")),
-        R("algo.mixed_precision", "str", _enum("none", "bf16", "fp16"), ("must be none, bf16 or fp16",),
-          words=("none", "bf16", "fp16")),
+        R("algo.mixed_precision", "str", lambda v, c: v in ("none", "bf16") or (v == "fp16" and c.device != "cpu"),
+          ("must be none, bf16 or fp16", "fp16 needs a CUDA device"), words=("none", "bf16", "fp16")),
         R("algo.disc_steps", "int", lambda v, c: v >= 1, GE1),
         R("algo.disc_batch", "int", lambda v, c: v >= 1, GE1),
         R("algo.disc_hidden", "ints", lambda v, c: all(h >= 1 for h in v), ("widths must be >= 1",)),
@@ -222,8 +234,9 @@ def _rules() -> List[Rule]:
           ("needs at least one layer, widths >= 1",)),
         R("net.activation", "str", _enum("elu", "relu", "tanh", "silu"), ("must be elu, relu, tanh or silu",),
           words=("elu", "relu", "tanh", "silu")),
-        R("net.obs_clip", "float", lambda v, c: v > 0, ("must be > 0",)),
-        R("net.init_log_std", "float", lambda v, c: _fin(v), ("must be a finite number",)),
+        R("net.obs_clip", "float", lambda v, c: _pos(v), ("must be a finite number > 0",)),
+        R("net.init_log_std", "float", lambda v, c: _fin(v) and LOG_STD_RANGE[0] <= v <= LOG_STD_RANGE[1],
+          ("must be a finite number in",), examples=(0.0, -0.5, -20.0, 5.0, -20.5, 5.5, 100.0, -1e30)),
         R("net.rnn_hidden", "int", lambda v, c: v >= 0, GE0),
         # ---- env (name and params: the task registry)
         R("env.name", "str", lambda v, c: v in ok_env_names(), ("is not a registered task",),
@@ -238,8 +251,17 @@ def _rules() -> List[Rule]:
         R("env.params.dtype", "str", _enum("float32", "float64"), ("must be one of",), words=("float32", "float64")),
         R("env.params.step_size", "float", lambda v, c: 0 < v <= 0.5, ("must be > 0.0", "must be <= 0.5")),
         R("env.params.goal_radius", "float", lambda v, c: 0 < v <= 0.5, ("must be > 0.0", "must be <= 0.5")),
-        R("env.params.goal_reward", "float", lambda v, c: v > 0, ("must be > 0.0",)),
-        R("env.params.action_cost", "float", lambda v, c: v >= 0, ("must be >= 0.0",)),
+        R("env.params.goal_reward", "float", lambda v, c: _pos(v), ("must be > 0.0", "must be a finite number")),
+        R("env.params.action_cost", "float", lambda v, c: _nonneg(v), ("must be >= 0.0", "must be a finite number")),
+        # ---- evo (EPO; base: the default cpo with evolution switched on below where needed)
+        R("evo.interval_steps", "int", lambda v, c: v >= 0, GE0, examples=(0, 1, 384000, -1)),
+        R("evo.warmup_steps", "int", lambda v, c: v >= 0, GE0),
+        R("evo.num_parents", "int", lambda v, c: v >= 1, GE1),
+        R("evo.num_replace", "int", lambda v, c: v >= 1, GE1),
+        R("evo.mutation_std", "float", lambda v, c: _nonneg(v), ("must be a finite number >= 0",)),
+        R("evo.trigger_gamma", "float", lambda v, c: _nonneg(v), ("must be a finite number >= 0",)),
+        R("evo.fitness", "str", _enum("return", "success"), ("must be return or success",), words=("return", "success")),
+        R("evo.child_log_std", "str", _enum("keep", "parents"), ("must be keep or parents",), words=("keep", "parents")),
         # ---- log
         *[R(f"log.{k}", "int", lambda v, c: v >= 1, GE1)
           for k in ("heatmap_every", "diag_samples", "ckpt_every", "keep_last")],
@@ -262,7 +284,7 @@ def _rules() -> List[Rule]:
           ("must be >= algo.horizon*env.num_envs",), base="pbt", examples=(38399, 38400, 100000, 0, -1)),
         R("pbt.bottom_fraction", "float", lambda v, c: 0 < v <= 0.5, ("must be in (0, 0.5]",), base="pbt"),
         R("pbt.top_fraction", "float", lambda v, c: 0 < v <= 0.5, ("must be in (0, 0.5]",), base="pbt"),
-        R("pbt.threshold", "float", lambda v, c: _nonneg(v), NONNEG, base="pbt"),
+        R("pbt.threshold", "float", lambda v, c: math.isfinite(v) and v >= 0, NONNEG, base="pbt"),
         R("pbt.threshold_mode", "str", _enum("relative", "absolute"), ("must be relative or absolute",),
           base="pbt", words=("relative", "absolute")),
         R("pbt.mutate", "strs",
@@ -272,7 +294,7 @@ def _rules() -> List[Rule]:
           examples=(["lr"], ["lr", "lr"], [], ["momentum"], list(PBT_HYPERPARAMS))),
         R("pbt.init_spread", "float", lambda v, c: _fin(v) and v >= 1, ("must be a finite number >= 1",), base="pbt"),
         R("pbt.score_window", "int", lambda v, c: v >= 1, GE1, base="pbt"),
-        R("pbt.sync_timeout", "float", lambda v, c: _nonneg(v), NONNEG, base="pbt"),
+        R("pbt.sync_timeout", "float", lambda v, c: math.isfinite(v) and v >= 0, NONNEG, base="pbt"),
         # ---- what PBT needs from the other sections
         R("algo.num_policies", "int", lambda v, c: v == 1,
           GE1 + ("is not divisible by algo.num_policies", "must be 1 with PBT"), base="pbt"),
@@ -280,7 +302,8 @@ def _rules() -> List[Rule]:
           ("must be adaptive, fixed or linear", "must be fixed with PBT"), base="pbt",
           words=("adaptive", "fixed", "linear")),
         R("net.rnn_hidden", "int", lambda v, c: v == 0, GE0 + ("must be 0 with PBT",), base="pbt"),
-        R("algo.mixed_precision", "str", lambda v, c: v == "none", ("must be none, bf16 or fp16", "must be none with PBT"),
+        R("algo.mixed_precision", "str", lambda v, c: v == "none",
+          ("must be none, bf16 or fp16", "must be none with PBT", "fp16 needs a CUDA device"),
           base="pbt", words=("none", "bf16", "fp16")),
         R("perf.compile", "str", lambda v, c: v in ("none", "policy"),
           ("must be none, policy, update or all", "must be none or policy with PBT"), base="pbt",
@@ -342,6 +365,7 @@ UNCHECKED: Dict[str, str] = {
     "net.normalize_value": "bool: both values valid",
     "log.tensorboard": "bool: both values valid",
     "log.progress": "bool: both values valid",
+    "evo.protect_leader": "bool: both values valid (it only changes who may be replaced)",
     "log.wandb_entity": "any W&B entity name or null (W&B itself checks it when the run starts)",
     "log.wandb_group": "any group name or null",
     "log.wandb_tags": "any list of strings",
@@ -599,8 +623,10 @@ class Case:
 
 def value_case(rule: Rule, v: Any) -> Case:
     """``rule.key = v`` on the rule's base, judged by the rule's predicate."""
-    case = Case("value", rule.base, {rule.key: v}, rules=rule.rules)
-    case.valid = bool(rule.valid(v, case.config()))
+    case = Case("value", rule.base, {rule.key: v}, rules=rule.rules + ("needs at least",))
+    cfg = case.config()
+    # every key is also subject to the memory estimate (cpo.config.check_memory)
+    case.valid = bool(rule.valid(v, cfg)) and _fits(cfg)
     case.names = ((rule.key, value_texts(v)),)
     if rule.key == "env.params":
         name, x = next(iter(v.items()))
@@ -651,9 +677,10 @@ def _layout_case(d: Any) -> Case:
     values = {"env.num_envs": N, "algo.num_policies": M, "algo.horizon": T, "algo.num_minibatches": mb,
               "algo.offpolicy_blocks": off, "algo.lambda_adv": adv, "algo.beta_adapt": adapt, "algo.beta": beta}
     valid = (N >= 1 and M >= 1 and T >= 1 and mb >= 1 and N % M == 0 and (N * T) % mb == 0 and _off_ok(off, M)
-             and (adv == 0 or M >= 2) and (not adapt or (beta > 0 and M >= 2)))
+             and (adv == 0 or M >= 2) and (not adapt or (beta > 0 and M >= 2)) and (beta == 0 or M >= 2))
     rules = GE1 + ("is not divisible by algo.num_policies", "does not divide the batch", "1..num_policies-1",
-                   "needs algo.num_policies >= 2", "must be > 0 with algo.beta_adapt=true", "needs followers")
+                   "needs algo.num_policies >= 2", "must be > 0 with algo.beta_adapt=true", "needs followers",
+                   "the coupling needs followers")
     return Case("layout", "default", values, valid=valid, rules=rules)
 
 

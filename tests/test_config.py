@@ -111,6 +111,16 @@ def test_paper_presets_compose():
     anymal = composed("experiment=anymal")
     assert kuka.net.rnn_hidden == 768 and hand.net.rnn_hidden == 0
     assert (anymal.algo.value_coef, anymal.algo.reward_scale, anymal.algo.kl_threshold) == (2.0, 1.0, 0.008)
+    # matched to the authors' configs and launcher (Naoki04/paper-cpo-code; README: fidelity)
+    N = 24576
+    assert hand.algo.horizon * N // hand.algo.num_minibatches == 4 * N  # 4N-row minibatches
+    assert allegro.algo.entropy_scale == 0.0 and allegro.algo.num_minibatches == 2
+    assert kuka.algo.num_minibatches == 8 and kuka.algo.mixed_precision == "fp16"  # 2NT rows / 8 = 4N
+    assert composed("experiment=allegro_kuka_throw_ppo").algo.num_minibatches == 4  # NT rows / 4 = 4N
+    assert (anymal.algo.lr, anymal.algo.bounds_coef, anymal.algo.lr_adapt_every) == (3e-4, 1e-3, "minibatch")
+    assert composed("experiment=humanoid").algo.lr_adapt_every == "minibatch"
+    assert composed("experiment=franka_cube_push").net.actor_hidden == [256, 128, 64]
+    assert (hand.max_iterations, kuka.max_iterations, anymal.max_iterations) == (104000, 52000, 13000)
 
 
 @pytest.mark.parametrize("override,ok", [

@@ -64,6 +64,10 @@ REGISTRY_KEYS = {"env.name", "env.params"} | {r.key for r in cc.RULES if r.key.s
 TEMPLATES: Dict[Tuple[str, str], List[str]] = {
     ("validate_pbt", "f'algo.{key}'"): [f"algo.{k}" for k in PBT_HYPERPARAMS],  # the keys pbt.mutate lists
     ("validate", "ConfigError(str(err))"): sorted(REGISTRY_KEYS),  # the registry's EnvConfigError, re-raised
+    # the memory estimate names the keys of the part that does not fit (cpo.config._MEMORY_KEYS)
+    ("check_memory", 'ConfigError(f"{values}: needs at least {_bytes(need)} ({part'):
+        ["env.num_envs", "algo.horizon", "algo.num_minibatches", "net.actor_hidden", "net.critic_hidden",
+         "net.rnn_hidden", "algo.latent_dim"],
 }
 
 
@@ -263,7 +267,9 @@ def test_torchrun_layouts_are_accepted_or_clearly_refused(N, M, T, mb, W):
     every rank's batch into the minibatches."""
     case = cc.Case("world", "default", {"env.num_envs": N, "algo.num_policies": M, "algo.horizon": T,
                                          "algo.num_minibatches": mb, "device": "cpu",
-                                         "algo.offpolicy_blocks": "all"})
+                                         "algo.offpolicy_blocks": "all",
+                                         # one policy has no followers to couple (cpo's beta)
+                                         **({"algo.beta": 0.0} if M == 1 else {})})
     case.valid = N % M == 0 and (N * T) % mb == 0 and N % (W * M) == 0 and (N // W * T) % mb == 0
     case.names = tuple((k, cc.value_texts(v)) for k, v in case.values.items())
     case.rules = ("is not divisible by", "does not divide")
@@ -308,7 +314,7 @@ def test_random_override_strings_are_accepted_or_clearly_refused(data):
     (["env=cartpol"], "env=cartpol: there is no preset 'cartpol' in conf/env (available: acrobot, "),
     (["env=cartpol"], "; did you mean env=cartpole?"),
     (["algo=cpoo"], "; did you mean algo=cpo?"),
-    (["algo=[1]"], "algo=[1]: a config group takes one preset name (available: cpo, cpo_noadv, cpo_nokl, pbt, ppo, sapg)"),
+    (["algo=[1]"], "algo=[1]: a config group takes one preset name (available: cpo, cpo_noadv, cpo_nokl, epo, pbt, ppo, sapg)"),
     (["perf.compile=fast"], "perf.compile='fast': must be none, policy, update or all"),
     (["device=cudax"], "device='cudax': must be auto, cpu, cuda or cuda:<index>"),
     (["seed=-1"], "seed=-1: must be an integer in [0, 4294967295]"),
@@ -366,11 +372,18 @@ def test_check_overrides_leaves_hydra_syntax_alone():
                      "algo.lambda_f=0.05,0.1", "seed=range(0,3)"])
 
 
-def test_cli_check_exits_2_and_trusts_other_config_dirs(capsys):
+def test_cli_check_exits_2_and_finds_presets_in_other_config_dirs(capsys, tmp_path):
     """check_argv (run by rank_argv, i.e. by train.py before Hydra) exits with code 2 and one
-    line; with --config-dir or hydra.searchpath presets may live elsewhere: not checked."""
-    check_argv(["train.py", "--config-dir", "/elsewhere", "algo=mine"])
-    check_argv(["train.py", "+hydra.searchpath=[file:///elsewhere]", "env=mine"])
+    line; with --config-dir or hydra.searchpath presets may live elsewhere: they are found
+    there, and a preset that exists nowhere is refused in one line (Hydra's own words)."""
+    (tmp_path / "algo").mkdir()
+    (tmp_path / "algo" / "mine.yaml").write_text("defaults:\n  - cpo\nname: mine\nlambda_f: 0.1\n")
+    check_argv(["train.py", "--config-dir", str(tmp_path), "algo=mine"])
+    check_argv(["train.py", f"+hydra.searchpath=[file://{tmp_path}]", "algo=mine"])
+    with pytest.raises(SystemExit) as err:
+        check_argv(["train.py", "--config-dir", str(tmp_path), "env=mine"])
+    assert err.value.code == 2
+    assert capsys.readouterr().err.startswith("config error: Could not find 'env/mine' (available: ")
     with pytest.raises(SystemExit) as err:
         check_argv(["train.py", "algo=mine"])
     assert err.value.code == 2

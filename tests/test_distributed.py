@@ -344,7 +344,7 @@ def test_two_ranks_train_identically_stop_together_and_resume_exactly(two_ranks)
     assert r0["c_iteration"] == r1["c_iteration"] == 3
     assert ckpt.load(ckpt.latest(str(tmp_path / "c")))["runner"]["iteration"] == 3
     assert r0["nan_error"] == r1["nan_error"]
-    assert "non-finite observation from env ids [7, 15] (global ids; rank 1) at iteration 0" in r0["nan_error"]
+    assert "non-finite observation from env ids [7, 15] (global ids; rank 1) in iteration 1" in r0["nan_error"]
     assert ckpt.load(str(tmp_path / "d" / "checkpoints" / "last_good.pt"))["runner"]["iteration"] == 0
 
 

@@ -144,7 +144,7 @@ def test_nonfinite_env_stops_within_one_step_with_ids(tmp_path):
     r = Runner(cfg, str(tmp_path / "r"))
     r.step()
     good = params(r).clone()
-    with pytest.raises(NonFiniteError, match=r"non-finite observation from env ids \[3, 7\] at iteration 1, "
+    with pytest.raises(NonFiniteError, match=r"non-finite observation from env ids \[3, 7\] in iteration 2, "
                                              r"rollout step 4") as err:
         r.step()
     assert "last_good.pt" in str(err.value)
@@ -165,7 +165,7 @@ def test_nonfinite_iteration_check_names_reward_or_obs(tmp_path):
     cfg.env.name, cfg.env.params = "test_nan_line", {"nan_step": 3}
     cfg.nonfinite_check = "iteration"
     r = Runner(cfg, str(tmp_path / "r"))
-    with pytest.raises(NonFiniteError, match=r"env ids \[3, 7\] at iteration 0"):
+    with pytest.raises(NonFiniteError, match=r"env ids \[3, 7\] in iteration 1"):
         r.step()
 
 

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Optional, Sequence, Tuple
 
 import gymnasium as gym
@@ -47,6 +48,7 @@ def check_number(key: str, value: Any, low: Optional[float] = None,
         require(ok, key, value, f"must be {'>' if open_low else '>='} {low}")
     if high is not None:
         require(value <= high, key, value, f"must be <= {high}")
+    require(math.isfinite(value) and abs(value) <= 3.4e38, key, value, "must be a finite number (float32 range)")
 
 
 @dataclasses.dataclass
