@@ -14,9 +14,11 @@ update
 scaling
     End-to-end PPO training SPS on an embedded task for N = 1k ... 64k, with the peak GPU
     memory per env.
+    On CUDA also the whole minibatch step as one CUDA graph (perf.update_step=cuda_graph),
+    alone and with bf16 / the compiled loss; and compiled whole (perf.update_step=compile).
 fast
     End-to-end SPS of the same run with each fast path (perf.compile, perf.cuda_graphs,
-    algo.mixed_precision, perf.fused_adam), all interleaved in one process.
+    perf.update_step, algo.mixed_precision, perf.fused_adam), all interleaved in one process.
 Every absolute number names the GPU (``machine.gpu``).
 """
 from __future__ import annotations
@@ -90,12 +92,18 @@ def update_part(device: torch.device, reps: int) -> Dict[str, Any]:
     ro.values.normal_(generator=gen)
     ro.rewards.normal_(generator=gen)
     ro.terminated.copy_(torch.rand(T, N, device=device, generator=gen) < 0.01)
-    for name, mp, comp in (("eager_fp32", "none", "none"), ("eager_bf16", "bf16", "none"),
-                           ("compiled_fp32", "none", "update"), ("compiled_bf16", "bf16", "update")):
+    modes = [("eager_fp32", "none", "none", "eager"), ("eager_bf16", "bf16", "none", "eager"),
+             ("compiled_fp32", "none", "update", "eager"), ("compiled_bf16", "bf16", "update", "eager"),
+             ("whole_step_compiled_fp32", "none", "none", "compile")]
+    if device.type == "cuda":  # the whole minibatch step as one CUDA graph (perf.update_step)
+        modes += [("whole_step_graph_fp32", "none", "none", "cuda_graph"),
+                  ("whole_step_graph_bf16", "bf16", "none", "cuda_graph"),
+                  ("whole_step_graph_compiled_bf16", "bf16", "update", "cuda_graph")]
+    for name, mp, comp, step in modes:
         cfg = TrainConfig(device=str(device))
         cfg.algo.num_policies, cfg.algo.horizon = 1, T
         cfg.algo.num_epochs, cfg.algo.num_minibatches = s["epochs"], s["minibatches"]
-        cfg.algo.mixed_precision, cfg.perf.compile = mp, comp
+        cfg.algo.mixed_precision, cfg.perf.compile, cfg.perf.update_step = mp, comp, step
         cfg.algo.lr_schedule = "fixed"
         cfg.net.actor_hidden = cfg.net.critic_hidden = list(s["hidden"])
         cfg.net.separate_critic = False
@@ -173,10 +181,13 @@ def main() -> None:
         variants = {"eager": [], "fused_adam_off": ["perf.fused_adam=false"],
                     "bf16": ["algo.mixed_precision=bf16"], "compile_all": ["perf.compile=all"],
                     "cuda_graphs": ["perf.cuda_graphs=true"],
+                    "update_step_graph": ["perf.update_step=cuda_graph"],
+                    "update_step_graph+cuda_graphs+bf16": ["perf.update_step=cuda_graph", "perf.cuda_graphs=true",
+                                                           "algo.mixed_precision=bf16"],
                     "compile_all+cuda_graphs+bf16": ["perf.compile=all", "perf.cuda_graphs=true",
                                                      "algo.mixed_precision=bf16"]}
         if device.type != "cuda":
-            variants = {k: v for k, v in variants.items() if "cuda_graphs" not in k}
+            variants = {k: v for k, v in variants.items() if "cuda_graph" not in k and "graph" not in k}
         rows = {}
         for name, over in variants.items():
             rows[name] = e2e(base + over, device, args.iters)

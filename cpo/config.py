@@ -216,6 +216,12 @@ class PerfConfig:
     cuda_graphs: bool = False
     """Capture the rollout policy step in a CUDA graph and replay it every env step (one
     launch instead of dozens); needs a CUDA device and a feed-forward network."""
+    update_step: str = "eager"
+    """The whole minibatch step (forward, backward, gradient clip, Adam, the KL reference and
+    the per-minibatch LR rule): eager | compile (torch.compile with compiled autograd; CPU or
+    CUDA; a one-time compile of tens of seconds) | cuda_graph (one CUDA graph replayed per
+    minibatch; needs a CUDA device). Minibatches of one shape: when the rows do not split
+    evenly the odd-sized ones run eagerly. Not with torchrun, fp16 or an LSTM."""
     fused_adam: Optional[bool] = None
     """Fused Adam kernel: None = on for CUDA, off for CPU; true/false force it."""
 
@@ -476,6 +482,19 @@ def validate(cfg: TrainConfig) -> None:
            "down; OpenMP fails to create tens of thousands and the process crashes)")
     _check(cfg.perf.compile in ("none", "policy", "update", "all"), "perf.compile", cfg.perf.compile,
            "must be none, policy, update or all")
+    _check(cfg.perf.update_step in ("eager", "compile", "cuda_graph"), "perf.update_step", cfg.perf.update_step,
+           "must be eager, compile or cuda_graph")
+    if cfg.perf.update_step != "eager":
+        _check(cfg.perf.update_step != "cuda_graph" or cfg.device != "cpu", "perf.update_step",
+               cfg.perf.update_step, "cuda_graph needs a CUDA device (device=cpu)")
+        _check(cfg.net.rnn_hidden == 0, "perf.update_step", cfg.perf.update_step,
+               f"covers feed-forward models only (net.rnn_hidden={cfg.net.rnn_hidden})")
+        _check(cfg.algo.mixed_precision != "fp16", "perf.update_step", cfg.perf.update_step,
+               "cannot hold fp16's loss scaler (algo.mixed_precision=fp16); use bf16 or eager")
+        from cpo.distributed import world_size_from_env
+
+        _check(world_size_from_env() <= 1, "perf.update_step", cfg.perf.update_step,
+               "runs in one process (the gradient all-reduce of torchrun is not captured)")
     _check(not (cfg.perf.cuda_graphs and cfg.device == "cpu"), "perf.cuda_graphs", cfg.perf.cuda_graphs,
            "needs a CUDA device (device=cpu)")
     _check(not (cfg.perf.cuda_graphs and cfg.net.rnn_hidden > 0), "perf.cuda_graphs", cfg.perf.cuda_graphs,
@@ -777,6 +796,8 @@ def validate_pbt(cfg: TrainConfig) -> None:
            "must be none with PBT")
     _check(cfg.perf.compile in ("none", "policy"), "perf.compile", cfg.perf.compile,
            "must be none or policy with PBT (the stacked update is not compiled)")
+    _check(cfg.perf.update_step == "eager", "perf.update_step", cfg.perf.update_step,
+           "must be eager with PBT (the stacked update is not compiled)")
     for key in ("bottom_fraction", "top_fraction"):
         val = getattr(p, key)
         _check(0.0 < val <= 0.5, f"pbt.{key}", val, "must be in (0, 0.5]")

@@ -11,14 +11,17 @@ and by ``RunningMeanStd.update``, so a captured graph always sees their current 
 What is covered: the feed-forward rollout step (``policy``; with an asymmetric critic the
 privileged observation is its fourth input; PBT's stacked step too), the minibatch forward of the
 update (``update``: the whole minibatch loss, ``cpo.learner.minibatch_loss`` — heads forward
-and every loss term, whose backward AOTAutograd compiles with them), and
-the Adam step (``fused_adam``). Not covered: the recurrent front end (an LSTM step is already
-one cuDNN call) and a CUDA graph of the whole update step, whose minibatch shapes vary by
-one row between chunks.
+and every loss term, whose backward AOTAutograd compiles with them), the Adam step
+(``fused_adam``), and the whole minibatch step (``perf.update_step``: forward, backward,
+gradient clip, Adam, the KL reference refresh, the per-minibatch LR rule and the statistics,
+:class:`WholeStep`) for minibatches of one shape, compiled (``compile``, CPU or CUDA) or
+captured in one CUDA graph (``cuda_graph``). Not covered: the recurrent front end (an LSTM step
+is already one cuDNN call); minibatches of another shape (when the rows do not split evenly)
+run eagerly.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 
@@ -97,3 +100,122 @@ class GraphedStep:
         assert self.graph is not None
         self.graph.replay()
         return tuple(o.clone() for o in self.outputs)  # type: ignore[return-value]
+
+
+class WholeStep:
+    """``perf.update_step``: :meth:`cpo.learner.Learner.minibatch_step` (forward, backward,
+    clip, Adam, KL reference refresh, statistics) for minibatches of one shape, as one compiled
+    function (``compile``: torch.compile with compiled autograd, so the backward and the
+    optimiser step are traced too) or one CUDA graph (``cuda_graph``: captured after two eager
+    warm-up steps, then replayed with the minibatch's row indices copied into a static buffer;
+    the optimiser is built with ``capturable=True``). The shape of the first feed-forward
+    minibatch is the one handled; any other shape, and LSTM minibatches, return False and run
+    eagerly. Needs one process, no fp16 loss scaling (validated in cpo/config.py)."""
+
+    #: eager steps before a CUDA graph is captured (optimiser state, cuBLAS workspaces)
+    WARMUP = 2
+
+    def __init__(self, learner: Any, mode: str) -> None:
+        if mode not in ("compile", "cuda_graph"):
+            raise ValueError(f"perf.update_step={mode!r}: must be eager, compile or cuda_graph")
+        self.learner, self.mode = learner, mode
+        self.shape: Optional[Tuple[int, int]] = None  # (rows, PPO rows) of the handled minibatches
+        self.capturing = False
+        self.static: Any = None  # the UpdateState whose tensors the graph reads and writes
+        self.idx: Optional[torch.Tensor] = None
+        self.graph: Optional[Any] = None
+        self.warm = 0
+        if mode == "compile":
+            import torch._dynamo
+
+            torch._dynamo.config.compiled_autograd = True  # trace .backward() in the compiled step
+            self.fn = torch.compile(self._run)
+
+    def _run(self, st: Any, idx: torch.Tensor, k: int) -> None:
+        self.learner.minibatch_step(st, idx, None, k)
+
+    def load(self, st: Any) -> Any:
+        """The iteration's :class:`cpo.learner.UpdateState`: for a CUDA graph, copied into the
+        static buffers it was captured with (allocated on first use; a change of shapes
+        drops the graph); as it is otherwise."""
+        if self.mode != "cuda_graph":
+            return st
+        import dataclasses
+
+        if self.static is not None and not all(
+                _same_shape(getattr(self.static, f.name), getattr(st, f.name)) for f in dataclasses.fields(st)):
+            self.static, self.graph, self.shape, self.warm = None, None, None, 0
+        if self.static is None:
+            self.static = _clone_static(st)
+            return self.static
+        for f in dataclasses.fields(st):
+            _copy_into(getattr(self.static, f.name), getattr(st, f.name))
+        return self.static
+
+    def __call__(self, st: Any, idx: torch.Tensor, base: Optional[torch.Tensor], k: int) -> bool:
+        """Run the step for ``idx`` (``idx[:k]`` PPO rows) if its shape is the handled one;
+        False when the caller must run it eagerly."""
+        if base is not None:
+            return False  # LSTM minibatches carry their own features
+        if self.shape is None:
+            self.shape = (idx.numel(), k)
+        if (idx.numel(), k) != self.shape:
+            return False
+        if self.mode == "compile":
+            self.fn(st, idx, k)
+            return True
+        if self.graph is None:
+            if self.warm < self.WARMUP:
+                self.warm += 1
+                return False
+            self._capture(st, idx, k)
+        assert self.idx is not None and self.graph is not None
+        self.idx.copy_(idx)
+        self.graph.replay()
+        return True
+
+    def _capture(self, st: Any, idx: torch.Tensor, k: int) -> None:
+        """Record one step on the static buffers (recording does not run it: the caller
+        replays it). Gradients are set to None first, so the graph's backward allocates them
+        from its own pool and overwrites them at every replay."""
+        self.idx = idx.clone()
+        self.learner.optimizer.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        self.capturing = True
+        try:
+            with torch.cuda.graph(graph):
+                self.learner.minibatch_step(st, self.idx, None, k)
+        finally:
+            self.capturing = False
+        self.graph = graph
+
+
+def _same_shape(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same_shape(a[k], b[k]) for k in a)
+    return a == b
+
+
+def _clone_static(st: Any) -> Any:
+    """A copy of an UpdateState whose tensors are new, contiguous static buffers."""
+    import dataclasses
+
+    def clone(x: Any) -> Any:
+        if isinstance(x, torch.Tensor):
+            return x.detach().clone().contiguous()
+        if isinstance(x, dict):
+            return {k: clone(v) for k, v in x.items()}
+        return x
+
+    return dataclasses.replace(st, **{f.name: clone(getattr(st, f.name)) for f in dataclasses.fields(st)})
+
+
+def _copy_into(dst: Any, src: Any) -> None:
+    if isinstance(dst, torch.Tensor):
+        dst.copy_(src)
+    elif isinstance(dst, dict):
+        for k in dst:
+            _copy_into(dst[k], src[k])

@@ -49,8 +49,38 @@ from cpo.config import AlgoConfig, PerfConfig, num_offpolicy_blocks
 from cpo.diagnostics import kl_matrix, mean_abs_deviation, relative_ess
 from cpo.discriminator import Discriminator
 from cpo.distributed import SINGLE, Dist
-from cpo.nets import EnsembleActorCritic, gaussian_entropy, gaussian_log_prob
+from cpo.nets import EnsembleActorCritic, gaussian_entropy, gaussian_log_prob, one_hot_rows
 from cpo.rollout import Rollout, bootstrap_values, gae, td_targets
+
+
+@dataclass
+class UpdateState:
+    """What one iteration's gradient steps read and write, all device tensors updated in
+    place (:meth:`Learner.minibatch_step`), so that a compiled or captured step
+    (``perf.update_step``, cpo/fast.py) can hold them as static buffers."""
+
+    obs: torch.Tensor  # [T*N, D] raw observations (rollout storage)
+    act: torch.Tensor  # [T*N, A] actions taken
+    priv: Optional[torch.Tensor]  # [T*N, P] privileged observations (asymmetric critic) or None
+    src: torch.Tensor  # [R] the Batch's fields, by batch row
+    pol: torch.Tensor  # [R] policy ids, or their one-hot rows [R, M] for an ensemble (cpo.nets.per_row)
+    logp_old: torch.Tensor
+    adv: torch.Tensor
+    weight: torch.Tensor
+    ent_coef: torch.Tensor
+    onp: torch.Tensor  # [R] 1 for on-policy rows
+    ret_n: torch.Tensor  # [R] value targets, normalised units
+    v_old_n: torch.Tensor  # [R] values before the update, normalised units
+    ref_mu: torch.Tensor  # [n_ppo, A] the adaptive LR's reference policy per PPO row
+    ref_ls: torch.Tensor
+    stats: Dict[str, torch.Tensor]  # sums over gradient steps of the loss terms
+    kl_sum: torch.Tensor  # this epoch's sum of KL over on-policy rows, and their count
+    kl_rows: torch.Tensor
+    kl_epochs: torch.Tensor  # sum over epochs of each epoch's mean KL
+    bad_code: torch.Tensor  # first non-finite quantity met (0 none, 1 loss, 2 gradient)
+    bad_step: torch.Tensor  # the gradient step it came at
+    step: torch.Tensor  # gradient steps taken so far
+    coupling_scale: float
 
 
 @dataclass
@@ -115,8 +145,10 @@ class Learner:
         # the learning rate lives on the device so the adaptive rule needs no host sync
         self.lr = torch.tensor(cfg.lr, dtype=torch.float32, device=device)
         perf = perf if perf is not None else PerfConfig()
+        graphed = perf.update_step == "cuda_graph"
         self.optimizer = torch.optim.Adam(model.parameters(), lr=self.lr,
-                                          fused=fast.use_fused_adam(perf, device) or None)
+                                          fused=fast.use_fused_adam(perf, device) or None,
+                                          capturable=graphed)  # a CUDA graph replays its step
         #: the minibatch loss (heads forward + every loss term), compiled whole with
         #: ``perf.compile=update|all`` so that its elementwise tail fuses and its backward
         #: is one AOTAutograd graph
@@ -142,6 +174,8 @@ class Learner:
         #: the process group under torchrun (gradients, advantage statistics and the adaptive
         #: LR's KL are averaged over ranks); the runner sets it, one process keeps the no-op
         self.dist: Dist = SINGLE
+        #: perf.update_step=compile|cuda_graph: the whole minibatch step compiled or captured
+        self.whole_step = fast.WholeStep(self, perf.update_step) if perf.update_step != "eager" else None
 
     # ---- targets -----------------------------------------------------------------------
     @torch.no_grad()
@@ -320,96 +354,32 @@ class Learner:
         """``num_epochs`` passes of shuffled minibatches; returns statistics averaged over all
         minibatches (device tensors: the caller syncs once)."""
         cfg, model = self.cfg, self.model
-        T, N = ro.horizon, ro.num_envs
-        obs = ro.obs[:-1].reshape(T * N, -1)
-        # asymmetric critic: raw privileged observations of the same rows (critic input)
-        priv = ro.privileged[:-1].reshape(T * N, -1) if model.asymmetric else None
-        act = ro.actions.reshape(T * N, -1)
-        mu_old = ro.mu.reshape(T * N, -1)
         # value targets live in normalised units: update the statistics once, before the epochs
         if model.normalize_value:
             model.value_rms.update(batch.ret[batch.is_ppo > 0])
-        ret_n = model.norm_value(batch.ret)
-        v_old_n = model.norm_value(batch.v_old)
-        stats = {k: torch.zeros((), device=self.device) for k in
-                 ("policy", "value", "entropy", "coupling", "bounds", "clipfrac", "grad_norm")}
-        # the adaptive LR's reference policy per PPO row of the batch: the behaviour (mu,
-        # log sigma) at first, then each row's own pre-step (mu, log sigma) from the last time
-        # its minibatch was trained (rl_games' update_mu_sigma); indexed by batch row, which
-        # is unique, unlike the rollout index that an off-policy row shares with its twin
-        ref_mu = mu_old.index_select(0, batch.src[:batch.n_ppo]).clone()
-        behaviour = self.pol_env.index_select(0, batch.src[:batch.n_ppo] % N)  # block of each row
-        ref_ls = ro.log_std.index_select(0, behaviour)
-        kl_epochs = torch.zeros((), device=self.device)
-        # the first non-finite quantity met (0 none, 1 loss, 2 gradient, 3 parameter) and the
-        # gradient step it came at, kept on the device (the caller syncs once per iteration)
-        bad_code = torch.zeros((), dtype=torch.long, device=self.device)
-        bad_step = torch.zeros((), dtype=torch.long, device=self.device)
-        steps = 0
+        st = self._update_state(ro, batch)
+        if self.whole_step is not None:  # the static buffers a captured graph reads
+            st = self.whole_step.load(st)
         for _ in range(cfg.num_epochs):
-            kl_sum = torch.zeros((), device=self.device)
-            kl_rows = torch.zeros((), device=self.device)
+            st.kl_sum.zero_()
+            st.kl_rows.zero_()
             for idx, base, k in self._minibatches(ro, batch):
-                # rows idx[:k] are PPO rows (on- and off-policy), idx[k:] coupling rows
-                src, pol = batch.src.index_select(0, idx), batch.pol.index_select(0, idx)
-                pidx = idx[:k]
-                with self._autocast():
-                    if base is None:
-                        base = model.embed(obs.index_select(0, src))
-                    cb = model.embed_critic(priv.index_select(0, src[:k])) if priv is not None else None
-                loss, terms = self.loss_fn(
-                    base, cb, pol, k, act.index_select(0, src), batch.logp_old.index_select(0, pidx),
-                    batch.adv.index_select(0, pidx), batch.weight.index_select(0, idx[k:]),
-                    v_old_n.index_select(0, pidx), ret_n.index_select(0, pidx),
-                    batch.ent_coef.index_select(0, pidx), batch.is_onpolicy.index_select(0, pidx),
-                    ref_mu.index_select(0, pidx), ref_ls.index_select(0, pidx), batch.coupling_scale)
-                self.optimizer.zero_grad(set_to_none=True)
-                if self.scaler is not None:  # fp16: scale the loss so small gradients survive
-                    self.scaler.scale(loss).backward()
-                    self.scaler.unscale_(self.optimizer)
-                else:
-                    loss.backward()
-                mb_kl, mb_rows = terms.pop("kl_sum"), terms.pop("kl_rows")
-                # torchrun: gradients averaged over ranks in one bucket that also sums the KL parts
-                mb_kl, mb_rows = self.dist.sync_grads(model.parameters(), (mb_kl, mb_rows))
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                if self.scaler is not None:  # skips the step (and lowers the scale) on inf gradients
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                else:
-                    self.optimizer.step()
-                with torch.no_grad():
-                    code = torch.where(~torch.isfinite(loss.detach()), 1,
-                                       torch.where(torch.isfinite(grad_norm) | (self.scaler is not None), 0, 2))
-                    first = (bad_code == 0) & (code > 0)
-                    bad_step = torch.where(first, steps, bad_step)
-                    bad_code = torch.where(first, code, bad_code)
-                    # refresh the reference of these rows with their pre-step policy
-                    ref_mu.index_copy_(0, pidx, terms.pop("mu").to(ref_mu.dtype))
-                    ref_ls.index_copy_(0, pidx, terms.pop("log_std").to(ref_ls.dtype))
-                    kl_sum += mb_kl
-                    kl_rows += mb_rows
-                    if cfg.lr_schedule == "adaptive" and cfg.lr_adapt_every == "minibatch":
-                        # rl_games' legacy rule (the authors' Humanoid and Anymal runs)
-                        kl_mb = mb_kl / mb_rows.clamp(min=1.0)
-                        self.lr.copy_(adaptive_lr(self.lr, kl_mb, cfg.kl_threshold, cfg.lr_min, cfg.lr_max))
-                    terms["grad_norm"] = grad_norm
-                    for key, val in terms.items():
-                        stats[key] += val.detach().float()
-                steps += 1
+                if self.whole_step is None or not self.whole_step(st, idx, base, k):
+                    self.minibatch_step(st, idx, base, k)
             with torch.no_grad():  # once per mini-epoch, from the epoch's mean KL (no host sync)
-                kl = kl_sum / kl_rows.clamp(min=1.0)
-                kl_epochs += kl
+                kl = st.kl_sum / st.kl_rows.clamp(min=1.0)
+                st.kl_epochs += kl
                 if cfg.lr_schedule == "adaptive" and cfg.lr_adapt_every == "epoch":
                     self.lr.copy_(adaptive_lr(self.lr, kl, cfg.kl_threshold, cfg.lr_min, cfg.lr_max))
+        steps = st.step.clamp(min=1).float()
         with torch.no_grad():  # a parameter the steps left non-finite (e.g. an overflowing update)
             params_ok = torch.stack([p.detach().abs().amax().isfinite() for p in model.parameters()]).all()
-            bad_step = torch.where((bad_code == 0) & ~params_ok, steps - 1, bad_step)
-            bad_code = torch.where((bad_code == 0) & ~params_ok, 3, bad_code)
-        out = {k: v / steps for k, v in stats.items()}
-        out["approx_kl"] = kl_epochs / cfg.num_epochs
+            bad_step = torch.where((st.bad_code == 0) & ~params_ok, st.step - 1, st.bad_step)
+            bad_code = torch.where((st.bad_code == 0) & ~params_ok, 3, st.bad_code)
+        out = {k: v / steps for k, v in st.stats.items()}
+        out["approx_kl"] = st.kl_epochs / cfg.num_epochs
         out["nonfinite_code"], out["nonfinite_step"] = bad_code.float(), bad_step.float()
-        out["gradient_steps"] = torch.tensor(float(steps), device=self.device)
+        out["gradient_steps"] = st.step.float()
         out["explained_variance"] = explained_variance(batch.v_old[batch.is_onpolicy > 0],
                                                        batch.ret[batch.is_onpolicy > 0])
         if cfg.lr_schedule == "linear":
@@ -418,6 +388,89 @@ class Learner:
         self.iteration += 1
         self._base, self._base_of = None, None  # parameters changed: features are stale
         return out
+
+    @torch.no_grad()
+    def _update_state(self, ro: Rollout, batch: Batch) -> "UpdateState":
+        """The iteration's row inputs (rollout views, batch fields, normalised targets) and
+        fresh accumulators, as one :class:`UpdateState`."""
+        model = self.model
+        T, N = ro.horizon, ro.num_envs
+        mu_old = ro.mu.reshape(T * N, -1)
+        # the adaptive LR's reference policy per PPO row of the batch: the behaviour (mu,
+        # log sigma) at first, then each row's own pre-step (mu, log sigma) from the last time
+        # its minibatch was trained (rl_games' update_mu_sigma); indexed by batch row, which
+        # is unique, unlike the rollout index that an off-policy row shares with its twin
+        behaviour = self.pol_env.index_select(0, batch.src[:batch.n_ppo] % N)  # block of each row
+        z = lambda dtype=torch.float32: torch.zeros((), dtype=dtype, device=self.device)  # noqa: E731
+        return UpdateState(
+            obs=ro.obs[:-1].reshape(T * N, -1), act=ro.actions.reshape(T * N, -1),
+            # asymmetric critic: raw privileged observations of the same rows (critic input)
+            priv=ro.privileged[:-1].reshape(T * N, -1) if model.asymmetric else None,
+            # an ensemble's rows select their latent bias and log-std through one-hot GEMMs
+            src=batch.src, pol=one_hot_rows(batch.pol, self.M) if self.M > 1 else batch.pol,
+            logp_old=batch.logp_old, adv=batch.adv, weight=batch.weight,
+            ent_coef=batch.ent_coef, onp=batch.is_onpolicy,
+            ret_n=model.norm_value(batch.ret), v_old_n=model.norm_value(batch.v_old),
+            ref_mu=mu_old.index_select(0, batch.src[:batch.n_ppo]).clone(),
+            ref_ls=ro.log_std.index_select(0, behaviour),
+            stats={k: z() for k in ("policy", "value", "entropy", "coupling", "bounds", "clipfrac", "grad_norm")},
+            kl_sum=z(), kl_rows=z(), kl_epochs=z(), bad_code=z(torch.long), bad_step=z(torch.long),
+            step=z(torch.long), coupling_scale=batch.coupling_scale)
+
+    def minibatch_step(self, st: "UpdateState", idx: torch.Tensor, base: Optional[torch.Tensor], k: int) -> None:
+        """One gradient step on the batch rows ``idx`` (``idx[:k]`` PPO rows, the rest coupling
+        rows; ``base``: their LSTM features, or None to embed the observations): the loss,
+        backward, clip, Adam, the KL reference refresh and the statistics, all in place on
+        ``st`` and without a host sync (the unit ``perf.update_step`` compiles or captures)."""
+        cfg, model = self.cfg, self.model
+        src, pol = st.src.index_select(0, idx), st.pol.index_select(0, idx)
+        pidx = idx[:k]
+        with self._autocast():
+            if base is None:
+                base = model.embed(st.obs.index_select(0, src))
+            cb = model.embed_critic(st.priv.index_select(0, src[:k])) if st.priv is not None else None
+        loss, terms = self.loss_fn(
+            base, cb, pol, k, st.act.index_select(0, src), st.logp_old.index_select(0, pidx),
+            st.adv.index_select(0, pidx), st.weight.index_select(0, idx[k:]),
+            st.v_old_n.index_select(0, pidx), st.ret_n.index_select(0, pidx),
+            st.ent_coef.index_select(0, pidx), st.onp.index_select(0, pidx),
+            st.ref_mu.index_select(0, pidx), st.ref_ls.index_select(0, pidx), st.coupling_scale)
+        if self.whole_step is None or not self.whole_step.capturing:
+            self.optimizer.zero_grad(set_to_none=True)  # (a captured graph overwrites its gradients)
+        if self.scaler is not None:  # fp16: scale the loss so small gradients survive
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        mb_kl, mb_rows = terms.pop("kl_sum"), terms.pop("kl_rows")
+        # torchrun: gradients averaged over ranks in one bucket that also sums the KL parts
+        mb_kl, mb_rows = self.dist.sync_grads(model.parameters(), (mb_kl, mb_rows))
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        if self.scaler is not None:  # skips the step (and lowers the scale) on inf gradients
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        with torch.no_grad():
+            # the first non-finite quantity (1 loss, 2 gradient) and the step it came at
+            code = torch.where(~torch.isfinite(loss.detach()), 1,
+                               torch.where(torch.isfinite(grad_norm) | (self.scaler is not None), 0, 2))
+            first = (st.bad_code == 0) & (code > 0)
+            st.bad_step.copy_(torch.where(first, st.step, st.bad_step))
+            st.bad_code.copy_(torch.where(first, code, st.bad_code))
+            # refresh the reference of these rows with their pre-step policy
+            st.ref_mu.index_copy_(0, pidx, terms.pop("mu").to(st.ref_mu.dtype))
+            st.ref_ls.index_copy_(0, pidx, terms.pop("log_std").to(st.ref_ls.dtype))
+            st.kl_sum += mb_kl
+            st.kl_rows += mb_rows
+            if cfg.lr_schedule == "adaptive" and cfg.lr_adapt_every == "minibatch":
+                # rl_games' legacy rule (the authors' Humanoid and Anymal runs)
+                kl_mb = mb_kl / mb_rows.clamp(min=1.0)
+                self.lr.copy_(adaptive_lr(self.lr, kl_mb, cfg.kl_threshold, cfg.lr_min, cfg.lr_max))
+            terms["grad_norm"] = grad_norm
+            for key, val in terms.items():
+                st.stats[key] += val.detach().float()
+            st.step += 1
 
     # ---- discriminator -----------------------------------------------------------------
     def update_discriminator(self, ro: Rollout) -> Dict[str, torch.Tensor]:
