@@ -307,7 +307,7 @@ def test_random_override_strings_are_accepted_or_clearly_refused(data):
     (["horizon=8"], "horizon=8 is not a config key (valid under the root: seed, "),
     (["horizon=8"], "; did you mean algo.horizon?"),
     (["+perf.fsued_adam=true"], "perf.fsued_adam=True is not a config key (valid under perf.: compile, cuda_graphs, "
-                                "fused_adam); did you mean perf.fused_adam?"),
+                                "update_step, fused_adam); did you mean perf.fused_adam?"),
     (["algo.gamma.x=1"], "algo.gamma.x=1 is not a config key (algo.gamma is a value, not a section)"),
     (["env.name=cartpol"], "env.name='cartpol' is not a registered task"),
     (["env.name=cartpol"], "did you mean 'cartpole'"),
