@@ -41,7 +41,7 @@ def run_env_name(run_dir: str, checkpoint: str = "") -> Optional[str]:
     """``env.name`` of the run, read from its ``resolved_config.yaml`` (in ``run_dir``, or two
     folders above a ``checkpoint=<file>``); None when there is none. Reads YAML only: nothing
     here imports torch, so Isaac Gym can still be imported first."""
-    from cpo.config import preset_env_name
+    from cpo.utils.config import preset_env_name
 
     dirs = [run_dir]
     if checkpoint and os.path.isfile(checkpoint):  # <run>/checkpoints/<file>.pt
@@ -85,7 +85,7 @@ def main(argv: List[str]) -> Dict[str, Any]:
     run (algo=pbt) a member's global id (default: the best-scored member)."""
     args = parse(argv)
     import_isaacgym_first(args)
-    from cpo.evaluation import check_onnx, evaluate, export, find_checkpoint, record_video, select_policy
+    from cpo.tools.evaluation import check_onnx, evaluate, export, find_checkpoint, record_video, select_policy
 
     truthy = ("1", "true", "yes", "on")
     device = args.get("device", "cpu")
@@ -140,8 +140,8 @@ def cli(argv: List[str]) -> int:
     try:
         main(argv)
     except Exception as err:  # only the kinds below are reported on one line
-        from cpo.checkpoint import CheckpointError
-        from cpo.config import ConfigError
+        from cpo.utils.checkpoint import CheckpointError
+        from cpo.utils.config import ConfigError
         from envs.registry import EnvConfigError
 
         if isinstance(err, (ConfigError, EnvConfigError)):

@@ -10,7 +10,7 @@ import os
 import sys
 from typing import List
 
-from cpo.config import preset_env_name  # YAML only: torch is not imported yet
+from cpo.utils.config import preset_env_name  # YAML only: torch is not imported yet
 
 
 def isaacgym_requested(argv: List[str]) -> bool:

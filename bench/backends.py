@@ -100,7 +100,7 @@ def step_rates(preset: str, n: int, device: str, steps: int) -> Dict[str, float]
 
 def train_rate(preset: str, n: int, algo: str, device: str, iters: int) -> float:
     """End-to-end training env steps per second of ``preset`` at ``n`` envs with ``algo``."""
-    from cpo.runner import Runner
+    from cpo.runners.runner import Runner
 
     cfg = compose([f"algo={algo}", f"env={preset}", f"env.num_envs={n}", f"device={device}",
                    "log.progress=false", "log.tensorboard=false"])

@@ -155,7 +155,7 @@ def draw(d: Any) -> Try:
 # ---- running --------------------------------------------------------------------------------
 def fixtures(base: str) -> Dict[str, str]:
     """Run directories for the resume class: finished at 2 iterations, damaged, empty."""
-    from cpo import checkpoint as ckpt
+    from cpo.utils import checkpoint as ckpt
     from cpo.api import compose
     from cpo.app import run
 
@@ -253,7 +253,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from cpo import runner as runner_mod
+    from cpo.runners import runner as runner_mod
 
     def stub_train(self):  # noqa: ANN001 - replaces Runner.train: the input was accepted
         raise Accepted()

@@ -19,7 +19,7 @@ def compose(overrides: List[str]):
     from hydra import compose as hcompose, initialize_config_dir
 
     from cpo.app import to_train_config
-    from cpo.config import validate
+    from cpo.utils.config import validate
 
     with initialize_config_dir(os.path.join(ROOT, "conf"), version_base="1.3"):
         cfg = to_train_config(hcompose("config", overrides=list(overrides)))

@@ -7,7 +7,7 @@ copies of it ``--trials`` times, drawing one kind of damage per trial: a flipped
 the file, a flipped bit inside a tensor's data (which torch.load itself never notices), a
 random byte overwritten, a truncation, an empty file, garbage appended, a foreign pickle (an
 object whose unpickling would run code) and a foreign but valid torch file. Each damaged file
-goes through ``cpo.checkpoint.load``. Outcomes: ``detected`` (a CheckpointError naming the file),
+goes through ``cpo.utils.checkpoint.load``. Outcomes: ``detected`` (a CheckpointError naming the file),
 ``identical`` (it loads and its content equals the original: the damage hit bytes nothing
 reads, e.g. zip padding), or ``used_silently`` (it loads with other content). Goal: every trial
 detected or identical, none used silently.
@@ -95,7 +95,7 @@ def main() -> None:
     args = p.parse_args()
     import torch
 
-    from cpo import checkpoint as ckpt
+    from cpo.utils import checkpoint as ckpt
     from cpo.api import compose
     from cpo.app import run
 

@@ -28,7 +28,7 @@ FAST = ["algo=ppo", "env=cartpole", "env.num_envs=60", "algo.horizon=16", "algo.
 
 def main() -> None:
     """Run the kill loop and print JSON."""
-    from cpo import checkpoint as ckpt
+    from cpo.utils import checkpoint as ckpt
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=20)

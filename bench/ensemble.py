@@ -27,7 +27,7 @@ from bench.common import compose, emit, machine, variant
 
 def one_run(overrides: List[str], iters: int, threshold: float) -> Dict[str, Any]:
     """Train ``iters`` iterations; return the curve summary and timings."""
-    from cpo.runner import Runner
+    from cpo.runners.runner import Runner
 
     cfg = compose(overrides + [f"max_iterations={iters}", "log.progress=false", "log.tensorboard=false",
                                "device=cpu"])

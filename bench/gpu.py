@@ -72,10 +72,10 @@ def floor(sizes: List[int], act: int, rows: int, epochs: int, bandwidth: float) 
 
 def update_part(device: torch.device, reps: int) -> Dict[str, Any]:
     """Time one PPO update at the ShadowHand preset's shapes for each precision/compile mode."""
-    from cpo.config import TrainConfig
-    from cpo.learner import Learner
-    from cpo.rollout import Rollout
-    from cpo.runner import build_model
+    from cpo.utils.config import TrainConfig
+    from cpo.algo.learner import Learner
+    from cpo.algo.rollout import Rollout
+    from cpo.runners.runner import build_model
 
     s = SHADOW
     bw = copy_bandwidth(device)
@@ -127,7 +127,7 @@ def update_part(device: torch.device, reps: int) -> Dict[str, Any]:
 
 def e2e(overrides: List[str], device: torch.device, iters: int) -> Dict[str, float]:
     """End-to-end SPS over ``iters`` iterations after one warm-up, and peak memory per env."""
-    from cpo.runner import Runner
+    from cpo.runners.runner import Runner
 
     cfg = compose(overrides + ["log.progress=false", "log.tensorboard=false", f"device={device}",
                                "max_iterations=100000", "nonfinite_check=iteration"])

@@ -53,8 +53,8 @@ REFERENCES = [
 
 def one_run(overrides: List[str], steps: int) -> Dict[str, Any]:
     """Train one seed for ``steps`` env steps; return its curve, final returns and timings."""
-    from cpo.evaluation import evaluate
-    from cpo.runner import Runner
+    from cpo.tools.evaluation import evaluate
+    from cpo.runners.runner import Runner
 
     cfg = compose(overrides + ["max_iterations=1", "log.progress=false", "log.tensorboard=false",
                                "device=cpu"])

@@ -31,7 +31,7 @@ def timed_runner(overrides: List[str], device: str):
     """A Runner whose learner phases record their wall time (synchronised on CUDA)."""
     import torch
 
-    from cpo.runner import Runner
+    from cpo.runners.runner import Runner
 
     cfg = compose(overrides + ["log.progress=false", "log.tensorboard=false", f"device={device}",
                                "max_iterations=100000"])

@@ -6,7 +6,7 @@
 ``learn`` runs ``train.py algo=pbt env=<task>`` (plus any Hydra overrides) in a temporary
 directory and reports the population's best score (windowed mean return of the best member)
 over training, every round (who copied whom, gaps, hyperparameters before and after) and each
-member's evolved hyperparameters at the start and the end (``cpo.report.pbt_summary``).
+member's evolved hyperparameters at the start and the end (``cpo.tools.report.pbt_summary``).
 
 ``scaling`` times training iterations (collect + update, after one warm-up) of P members on
 one device with the total env count fixed (N / P envs each), next to plain PPO on the same N:
@@ -33,7 +33,7 @@ def learn(task: str, iters: int, seed: int, threads: int, overrides: List[str],
           device: str = "cpu") -> Dict[str, Any]:
     """One PBT training run; its best-score curve, rounds and member summary."""
     from cpo.app import run
-    from cpo.report import load_job, pbt_summary
+    from cpo.tools.report import load_job, pbt_summary
 
     torch.set_num_threads(threads)
     cfg = compose(["algo=pbt", f"env={task}", f"max_iterations={iters}", f"seed={seed}",
@@ -65,8 +65,8 @@ def learn(task: str, iters: int, seed: int, threads: int, overrides: List[str],
 
 def scaling(device: str, envs: int, populations: List[int], task: str, iters: int) -> Dict[str, Any]:
     """Seconds per training iteration of P stacked members vs plain PPO, same total envs."""
-    from cpo.pbt import PBTRunner
-    from cpo.runner import Runner
+    from cpo.runners.pbt import PBTRunner
+    from cpo.runners.runner import Runner
 
     rows = []
     base = ["env=" + task, f"env.num_envs={envs}", "algo.horizon=32", "algo.num_epochs=5",

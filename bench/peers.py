@@ -11,7 +11,7 @@ presets (``conf/algo/ppo.yaml`` and ``conf/env/<task>.yaml``): actor and critic 
 widths and activation, N envs, T steps per env and iteration, epochs, minibatches, gamma,
 lambda, clip, value coefficient, entropy coefficient, gradient-norm clip, the adaptive
 learning rate (same initial lr and KL threshold) and observation normalisation. Ours is
-``cpo.runner.Runner`` driven by ``Runner.step()``; rsl_rl's is its own
+``cpo.runners.runner.Runner`` driven by ``Runner.step()``; rsl_rl's is its own
 ``OnPolicyRunner.learn()`` (one iteration per call) on our env through
 :mod:`bench.rsl_rl_wrapper`. Neither logs (no TensorBoard, no progress bar, no checkpoints).
 
@@ -114,7 +114,7 @@ def _yaml(rel: str) -> Dict[str, Any]:
 
 def _apply(obj: Any, values: Dict[str, Any], prefix: str = "") -> None:
     """Set dataclass fields of ``obj`` from a nested dict; unknown keys fail naming the key."""
-    from cpo.config import ConfigError
+    from cpo.utils.config import ConfigError
 
     names = {f.name for f in dataclasses.fields(obj)}
     for key, value in values.items():
@@ -146,7 +146,7 @@ def ours_config(task: str, num_envs: int, seed: int, device: str, threads: int,
                 iterations: int, overrides: List[str]):
     """TrainConfig of ``algo=ppo env=<task>`` with ``overrides``, ``num_envs`` and logging off
     (the same values ``python train.py algo=ppo env=<task> ...`` composes), validated."""
-    from cpo.config import TrainConfig, validate
+    from cpo.utils.config import TrainConfig, validate
 
     cfg = TrainConfig()
     _apply(cfg.algo, _yaml("algo/ppo.yaml"), "algo.")
@@ -221,7 +221,7 @@ class OursTrainer:
     """Our Runner; :meth:`step` runs one iteration and returns its mean episode return."""
 
     def __init__(self, cfg) -> None:
-        from cpo.runner import Runner
+        from cpo.runners.runner import Runner
 
         self.cfg = cfg
         self.steps_per_iter = cfg.algo.horizon * cfg.env.num_envs
@@ -243,7 +243,7 @@ class RslTrainer:
         from rsl_rl.runners import OnPolicyRunner
 
         from bench.rsl_rl_wrapper import RslRlEnv
-        from cpo.runner import resolve_device
+        from cpo.runners.runner import resolve_device
         from envs import registry
 
         device = resolve_device(cfg.device)

@@ -36,8 +36,8 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     from bench.common import compose
-    from cpo import distributed
-    from cpo.runner import Runner
+    from cpo.utils import distributed
+    from cpo.runners.runner import Runner
 
     world = distributed.world_size_from_env()
     n_global = args.envs_per_proc * (world if args.mode == "weak" else 1)

@@ -44,7 +44,7 @@ def one_run(job: Dict[str, Any]) -> Dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)
-    from cpo.runner import Runner
+    from cpo.runners.runner import Runner
 
     algo, lam, seed = job["algo"], job["lambda_f"], job["seed"]
     overrides = [f"algo={algo}", f"env={job['env']}", f"seed={seed}", f"max_iterations={job['iters']}",

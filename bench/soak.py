@@ -30,7 +30,7 @@ def rss_mb() -> float:
 
 def main() -> None:
     """Train for ``--minutes`` and print the memory/SPS series as JSON."""
-    from cpo.runner import Runner
+    from cpo.runners.runner import Runner
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=30.0)
@@ -41,7 +41,7 @@ def main() -> None:
     cfg = compose([f"algo={args.algo}", f"env={args.env}", "max_iterations=100000000", "device=cpu",
                    "log.progress=false", "log.ckpt_every=50"])
     runner = Runner(cfg, tempfile.mkdtemp(prefix="soak_"))
-    from cpo.logger import Logger
+    from cpo.utils.logger import Logger
 
     runner.logger = Logger(runner.run_dir, True)
     t0 = time.time()

@@ -46,7 +46,7 @@ def env_sps(name: str, n: int, device: str, steps: int = 50) -> float:
 
 def train_sps(name: str, n: int, algo: str, device: str, iters: int = 3) -> float:
     """End-to-end training env steps per second with the task's preset."""
-    from cpo.runner import Runner
+    from cpo.runners.runner import Runner
 
     M = 6 if algo != "ppo" else 1
     n = (n // M) * M

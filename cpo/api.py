@@ -32,7 +32,7 @@ class TrainResult:
     stats: Dict[str, float]
     """The last iteration's statistics (the TensorBoard scalars: ``rollout/ep_return``, ...)."""
     config: Any
-    """The resolved :class:`cpo.config.TrainConfig`."""
+    """The resolved :class:`cpo.utils.config.TrainConfig`."""
     best_checkpoint: Optional[str] = None
     """``checkpoints/best.pt`` (the best smoothed leader return), if one was written."""
     last_checkpoint: Optional[str] = None
@@ -55,15 +55,15 @@ class EvalResult:
 
 def compose(overrides: Sequence[str] = ()) -> Tuple[Any, str]:
     """``conf/config.yaml`` composed with ``overrides`` exactly as ``train.py`` composes it:
-    returns the validated :class:`cpo.config.TrainConfig` and the run directory Hydra would
+    returns the validated :class:`cpo.utils.config.TrainConfig` and the run directory Hydra would
     choose (``hydra.run.dir``, relative to the current directory). Raises
-    :class:`cpo.config.ConfigError` naming the key, the value and the rule."""
+    :class:`cpo.utils.config.ConfigError` naming the key, the value and the rule."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from omegaconf import OmegaConf, open_dict
 
     from cpo.app import check_overrides, to_train_config
-    from cpo.config import validate
+    from cpo.utils.config import validate
 
     overrides = [str(o) for o in overrides]
     check_overrides(overrides)  # unknown keys and presets, before Hydra (as train.py)
@@ -82,7 +82,7 @@ def train(overrides: Sequence[str] = (), run_dir: Optional[str] = None) -> Train
     """Train as ``python train.py <overrides>`` does (same presets, checks, run directory
     layout, checkpoints, logs and closing summary) and return the run directory and the last
     iteration's statistics. ``run_dir`` replaces Hydra's ``outputs/<algo>_<env>/<date>_<time>``."""
-    from cpo import checkpoint as ckpt
+    from cpo.utils import checkpoint as ckpt
     from cpo.app import run
 
     from omegaconf import OmegaConf
@@ -123,7 +123,7 @@ class Policy:
         import numpy as np
         import torch
 
-        from cpo.evaluation import policy_action
+        from cpo.tools.evaluation import policy_action
 
         as_numpy = isinstance(obs, np.ndarray)
         x = torch.as_tensor(obs, dtype=torch.float32, device=self._device)
@@ -151,7 +151,7 @@ class Policy:
     def export(self, path: str) -> str:
         """Write the deterministic policy to ``path``: ONNX for ``*.onnx`` (the documented
         deployment path), TorchScript otherwise. Returns the path."""
-        from cpo.evaluation import export
+        from cpo.tools.evaluation import export
 
         meta = {"algo": self.cfg.algo.name, "env": self.cfg.env.name, "checkpoint": self.checkpoint}
         model = self.model
@@ -165,7 +165,7 @@ def load_policy(run: str, checkpoint: str = "best", policy: Optional[int] = None
     """Rebuild a policy from a run directory (or a checkpoint file): ``checkpoint`` is
     ``best`` (falls back to the newest), ``latest`` or a file; ``policy`` the ensemble index
     (default 0, the leader) or, for a PBT run, a member's global id (default: the best)."""
-    from cpo.evaluation import find_checkpoint, select_policy
+    from cpo.tools.evaluation import find_checkpoint, select_policy
 
     if os.path.isfile(run):
         path = run
@@ -178,7 +178,7 @@ def load_policy(run: str, checkpoint: str = "best", policy: Optional[int] = None
 def evaluate(policy: Policy, episodes: int = 100, stochastic: bool = False, seed: int = 12345) -> EvalResult:
     """Run ``episodes`` episodes of the policy's task (one per env, in parallel, on the
     policy's device) and summarise them."""
-    from cpo.evaluation import evaluate as run_episodes
+    from cpo.tools.evaluation import evaluate as run_episodes
 
     res = run_episodes(policy.model, policy.cfg, episodes=episodes, stochastic=stochastic,
                        policy=policy.index, seed=seed, device=str(policy._device))

@@ -5,8 +5,8 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from cpo import checkpoint as ckpt
-from cpo.config import RESUMABLE_KEYS, ConfigError, TrainConfig, config_yaml, register_configs, validate
+from cpo.utils import checkpoint as ckpt
+from cpo.utils.config import RESUMABLE_KEYS, ConfigError, TrainConfig, config_yaml, register_configs, validate
 
 
 def to_train_config(cfg: Any) -> TrainConfig:
@@ -137,7 +137,7 @@ def _check_env_name_has_preset(overrides: Sequence[str], conf_dir: Optional[str]
     the env preset (``env=``, default from conf/config.yaml) already names X, an
     ``experiment=`` preset decides, or ``env=null`` asks for the schema defaults; name the
     presets made for X."""
-    from cpo.config import preset_env_name
+    from cpo.utils.config import preset_env_name
 
     conf_dir = conf_dir or _default_conf_dir()
     values: Dict[str, str] = {}
@@ -430,7 +430,7 @@ def auto_resume_config(tcfg: TrainConfig, run_dir: str, path: str) -> Tuple[Trai
     started again, e.g. requeued by SLURM); returns it with ``resume`` set to ``run_dir``."""
     from omegaconf import OmegaConf
 
-    from cpo.config import flatten, to_dict
+    from cpo.utils.config import flatten, to_dict
 
     stored = to_train_config(OmegaConf.create(ckpt.load(path)["config"]))
     mine, theirs = flatten(to_dict(tcfg)), flatten(to_dict(stored))
@@ -450,7 +450,7 @@ def run(cfg: Any, run_dir: Optional[str] = None, overrides: Sequence[str] = ()) 
 
     Under torchrun every rank calls it: the process group is joined here (and left at the
     end), every rank works in rank 0's run directory, and only rank 0 writes files."""
-    from cpo import distributed
+    from cpo.utils import distributed
 
     tcfg = to_train_config(cfg)
     dist = distributed.init_from_env(tcfg.device)  # torchrun: join the process group; else no-op
@@ -465,8 +465,8 @@ def run(cfg: Any, run_dir: Optional[str] = None, overrides: Sequence[str] = ()) 
 
 
 def _run(tcfg: TrainConfig, run_dir: Optional[str], overrides: Sequence[str], dist: Any) -> Dict[str, float]:
-    """:func:`run` inside the process group (``dist``, cpo/distributed.py)."""
-    from cpo.runner import Runner
+    """:func:`run` inside the process group (``dist``, cpo/utils/distributed.py)."""
+    from cpo.runners.runner import Runner
 
     resume_from = None
     if tcfg.resume is not None and tcfg.resume != AUTO_RESUME:
@@ -492,7 +492,7 @@ def _run(tcfg: TrainConfig, run_dir: Optional[str], overrides: Sequence[str], di
                 f.write(text)
         runner_cls = Runner
         if tcfg.pbt.population > 0:  # a population of independent PPO learners (ALGORITHMS.md 7)
-            from cpo.pbt import PBTRunner
+            from cpo.runners.pbt import PBTRunner
 
             runner_cls = PBTRunner
         runner = runner_cls(tcfg, run_dir, resume_from=resume_from, config_yaml=text)
@@ -530,7 +530,7 @@ def main_entry(cfg: Any) -> Optional[float]:
     """Body of ``train.py`` under ``@hydra.main``: clear one-line errors, exit code 2."""
     from hydra.core.hydra_config import HydraConfig
 
-    from cpo.runner import NonFiniteError
+    from cpo.runners.collect import NonFiniteError
 
     hc = HydraConfig.get()
     out_dir = hc.runtime.output_dir
@@ -584,7 +584,7 @@ def rank_argv(argv: List[str]) -> List[str]:
     torchrun, ranks > 0 add Hydra overrides so that they create no run directory of their own
     (their clock may give another timestamp) and write no ``.hydra/`` files or logs: they work
     in rank 0's directory."""
-    from cpo.distributed import rank_from_env
+    from cpo.utils.distributed import rank_from_env
 
     check_argv(argv)  # unknown keys and presets get a "did you mean" before Hydra composes
     if rank_from_env() == 0:

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from envs.base import StepResult, VecEnv
-from envs.registry import EnvConfigError, TaskSpec
+from envs.spec import EnvConfigError, TaskSpec
 
 #: extras that provide the simulators of well-known id families (for install hints)
 INSTALL_HINT = ('MuJoCo ids need `pip install -e ".[mujoco]"`; gymnasium-robotics ids (Fetch*, '

@@ -99,7 +99,7 @@ import numpy as np
 import torch
 
 from envs.base import StepResult, VecEnv
-from envs.registry import EnvConfigError, TaskSpec
+from envs.spec import EnvConfigError, TaskSpec
 
 if TYPE_CHECKING:  # only for the type checker: isaacgym itself may be absent
     from typing import Protocol

@@ -82,7 +82,7 @@ import numpy as np
 import torch
 
 from envs.base import StepResult, VecEnv
-from envs.registry import EnvConfigError, TaskSpec
+from envs.spec import EnvConfigError, TaskSpec
 
 #: how to install each backend (shown in every "not installed" error)
 MJLAB_INSTALL = 'pip install -c .ci/constraints.txt -e ".[mjlab]"'

@@ -1,43 +1,20 @@
 """Map a Hydra env config to a :class:`envs.base.VecEnv` on any torch device.
 
-Each task registers a :class:`TaskSpec`: its class, a dataclass of its own parameters (so a
-mistyped parameter fails before any compute, naming the key and the valid ones) and its
-documented "solved" threshold. Simulator backends register the same way from their own
-modules, imported lazily so that ``cpo`` never imports a simulator.
+Every task has a :class:`envs.spec.TaskSpec`: its class, a dataclass of its own parameters (so
+a mistyped parameter fails before any compute, naming the key and the valid ones) and its
+documented "solved" threshold. The registry maps names to specs given as lazy
+``"module:SPEC"`` strings, for the embedded tasks and the simulator backends alike, imported
+on first use: ``cpo`` never imports a simulator, and no task module imports the registry.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import importlib
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional
 
 from envs.base import VecEnv
-
-
-class EnvConfigError(ValueError):
-    """An env config that cannot be built: names the key, the value and the rule."""
-
-
-@dataclasses.dataclass
-class TaskSpec:
-    """How to build one task.
-
-    Attributes:
-        factory: ``factory(num_envs, device, seed, max_episode_steps, **params) -> VecEnv``.
-        params: dataclass type listing the task's own parameters and their defaults.
-        max_episode_steps: default time limit (env steps).
-        solved_return: mean leader episode return that counts as solved (None if undefined).
-        success_threshold: mean success rate that counts as solved (None if undefined).
-        description: one line shown in error messages and README.
-    """
-
-    factory: Callable[..., VecEnv]
-    params: Any
-    max_episode_steps: int
-    solved_return: Optional[float] = None
-    success_threshold: Optional[float] = None
-    description: str = ""
+from envs.spec import EnvConfigError, TaskSpec  # noqa: F401  (the registry's public names)
 
 
 #: task name -> spec, or a "module:attribute" string resolved on first use (lazy backends)
@@ -105,9 +82,13 @@ def make(env_cfg: Any, device: Any = "cpu", seed: int = 0) -> VecEnv:
 
 
 def _load_builtin() -> None:
-    """Import the embedded task modules so that they register themselves."""
-    importlib.import_module("envs.tasks")
+    """Nothing to import: the embedded tasks are registered as lazy ``module:SPEC`` strings
+    below, like the simulator backends (kept for callers of the old name)."""
 
+
+# the embedded pure-torch tasks (envs/tasks/), each module's SPEC, imported on first use
+for _name in ("acrobot", "arm_reach", "cartpole", "mountain_car", "pendulum", "point_maze"):
+    register(_name, f"envs.tasks.{_name}:SPEC")
 
 # simulator backends, imported on first use only
 register("gymnasium", "envs.gymnasium:SPEC")  # any gymnasium vector env (MuJoCo, robotics)

@@ -7,9 +7,9 @@ invalid one is refused with ONE error that names a key and its value (``key=valu
 one of the expected rule fragments and, for typos, a "did you mean". Cases run through the
 same path as ``train.py``: :func:`cpo.app.check_overrides` (the command-line check done by
 ``rank_argv``), Hydra composition of conf/config.yaml, :func:`cpo.app.to_train_config`,
-:func:`cpo.config.validate`, and :func:`cpo.app.resume_config` for ``resume=<dir>``.
+:func:`cpo.utils.config.validate`, and :func:`cpo.app.resume_config` for ``resume=<dir>``.
 
-:data:`RULES` restates, independently of cpo/config.py, which values of every validated key
+:data:`RULES` restates, independently of cpo/utils/config.py, which values of every validated key
 are valid. Each predicate gets the value and the config it was set in (the base named by
 ``Rule.base``); :func:`base_facts` lists what the predicates assume about the bases.
 Draws go through a *drawer*: an object with ``pick(options)``, ``integer(lo, hi)`` and
@@ -26,7 +26,7 @@ import random
 import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from cpo.config import (FLOAT32_MAX, LOG_STD_RANGE, PBT_HYPERPARAMS, SEED_MAX, ConfigError, TrainConfig, available_memory,
+from cpo.utils.config import (FLOAT32_MAX, LOG_STD_RANGE, PBT_HYPERPARAMS, SEED_MAX, ConfigError, TrainConfig, available_memory,
                         estimate_memory, pbt_range, validate)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -630,7 +630,7 @@ def value_case(rule: Rule, v: Any) -> Case:
     """``rule.key = v`` on the rule's base, judged by the rule's predicate."""
     case = Case("value", rule.base, {rule.key: v}, rules=rule.rules + ("needs at least",))
     cfg = case.config()
-    # every key is also subject to the memory estimate (cpo.config.check_memory)
+    # every key is also subject to the memory estimate (cpo.utils.config.check_memory)
     case.valid = bool(rule.valid(v, cfg)) and _fits(cfg)
     case.names = ((rule.key, value_texts(v)),)
     if rule.key == "env.params":
@@ -913,7 +913,7 @@ def _refusal_types() -> Tuple[type, ...]:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from cpo import checkpoint
+    from cpo.utils import checkpoint
 
     return ConfigError, HydraException, OmegaConfBaseException, checkpoint.CheckpointError
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import cpo
-from cpo.config import ConfigError, config_yaml
+from cpo.utils.config import ConfigError, config_yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = ["algo=ppo", "env=cartpole", "max_iterations=3", "log.progress=false", "log.tensorboard=false",
@@ -29,15 +29,15 @@ def test_compose_equals_what_train_py_resolves(tmp_path):
     cfg, hydra_dir = cpo.compose(overrides)
     assert config_yaml(cfg) == (run_dir / "resolved_config.yaml").read_text()
     assert cfg.env.num_envs == 240 and cfg.algo.num_policies == 6 and cfg.algo.lambda_f == 0.1
-    assert cfg.env.num_envs != cpo.config.TrainConfig().env.num_envs  # the preset, not the default
+    assert cfg.env.num_envs != cpo.utils.config.TrainConfig().env.num_envs  # the preset, not the default
     assert hydra_dir.startswith("outputs/cpo_cartpole/")
 
 
 def test_train_load_act_evaluate_export_resume(tmp_path):
     """cpo.train -> TrainResult (run dir, last statistics, config, checkpoints);
     cpo.load_policy(run_dir) acts on one observation or a batch (numpy or torch) like the
-    network's clamped mean; cpo.evaluate equals cpo.evaluation.evaluate's dict; resume continues."""
-    from cpo.evaluation import evaluate as eval_dict
+    network's clamped mean; cpo.evaluate equals cpo.tools.evaluation.evaluate's dict; resume continues."""
+    from cpo.tools.evaluation import evaluate as eval_dict
 
     run_dir = str(tmp_path / "run")
     res = cpo.train(FAST, run_dir=run_dir)

@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from cpo.app import resume_config, run
-from cpo.config import AlgoConfig, ConfigError, TrainConfig
-from cpo.evaluation import evaluate, export_torchscript, find_checkpoint, load_policy
-from cpo.learner import Learner
-from cpo.nets import EnsembleActorCritic
-from cpo.rollout import Rollout
-from cpo.runner import Runner
+from cpo.utils.config import AlgoConfig, ConfigError, TrainConfig
+from cpo.tools.evaluation import evaluate, export_torchscript, find_checkpoint, load_policy
+from cpo.algo.learner import Learner
+from cpo.models.ensemble import EnsembleActorCritic
+from cpo.algo.rollout import Rollout
+from cpo.runners.runner import Runner
 from envs import registry
 from tests.fakes import LineParams, LineTask
 

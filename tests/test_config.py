@@ -11,7 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from cpo.app import to_train_config
-from cpo.config import ConfigError, TrainConfig, validate
+from cpo.utils.config import ConfigError, TrainConfig, validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONF = os.path.join(ROOT, "conf")

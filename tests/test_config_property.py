@@ -3,7 +3,7 @@ any compute with one error naming the key, the value and the rule; every valid o
 
 The cases and the validity oracle live in tests/config_cases.py (shared with
 bench/config_fuzz.py); here hypothesis draws them. :data:`RULES` must cover every key that
-cpo/config.py checks (found by parsing its source) and, with ``UNCHECKED``, every schema key.
+cpo/utils/config.py checks (found by parsing its source) and, with ``UNCHECKED``, every schema key.
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import cpo.config
+import cpo.utils.config
 from cpo.app import check_argv, check_overrides, resume_config, schema_keys
-from cpo.config import PBT_HYPERPARAMS, ConfigError, validate
+from cpo.utils.config import PBT_HYPERPARAMS, ConfigError, validate
 from tests import config_cases as cc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,14 +57,14 @@ def explain(case: cc.Case, out: cc.Outcome) -> str:
     return f"{case.category} {case.overrides()}: expected {want}; {got}"
 
 
-# ---- coverage: RULES lists every key cpo/config.py checks --------------------------------
-#: keys the task registry (envs/registry.py, envs/tasks) checks rather than cpo/config.py
+# ---- coverage: RULES lists every key cpo/utils/config.py checks --------------------------------
+#: keys the task registry (envs/registry.py, envs/tasks) checks rather than cpo/utils/config.py
 REGISTRY_KEYS = {"env.name", "env.params"} | {r.key for r in cc.RULES if r.key.startswith("env.params.")}
 #: (function, key expression) the parser cannot resolve -> the keys it stands for
 TEMPLATES: Dict[Tuple[str, str], List[str]] = {
     ("validate_pbt", "f'algo.{key}'"): [f"algo.{k}" for k in PBT_HYPERPARAMS],  # the keys pbt.mutate lists
     ("validate", "ConfigError(str(err))"): sorted(REGISTRY_KEYS),  # the registry's EnvConfigError, re-raised
-    # the memory estimate names the keys of the part that does not fit (cpo.config._MEMORY_KEYS)
+    # the memory estimate names the keys of the part that does not fit (cpo.utils.config._MEMORY_KEYS)
     ("check_memory", 'ConfigError(f"{values}: needs at least {_bytes(need)} ({part'):
         ["env.num_envs", "algo.horizon", "algo.num_minibatches", "net.actor_hidden", "net.critic_hidden",
          "net.rnn_hidden", "algo.latent_dim"],
@@ -180,16 +180,16 @@ def validate(cfg):
 
 
 def test_rules_cover_every_key_config_py_checks():
-    """Every key that cpo/config.py checks has a rule in RULES: a new ``_check`` on an unlisted
+    """Every key that cpo/utils/config.py checks has a rule in RULES: a new ``_check`` on an unlisted
     key fails here until RULES (tests/config_cases.py) gains it; stale rules fail too."""
-    with open(cpo.config.__file__) as f:
+    with open(cpo.utils.config.__file__) as f:
         keys, unresolved = checked_keys(f.read())
     assert unresolved <= set(TEMPLATES), f"keys the parser cannot resolve (add to TEMPLATES): {unresolved - set(TEMPLATES)}"
     for template in unresolved:
         keys.update(TEMPLATES[template])
     ruled = {r.key for r in cc.RULES}
     assert len(keys) >= 70
-    assert sorted(keys - ruled) == [], "keys checked by cpo/config.py with no rule in tests/config_cases.py RULES"
+    assert sorted(keys - ruled) == [], "keys checked by cpo/utils/config.py with no rule in tests/config_cases.py RULES"
     assert sorted(ruled - keys - REGISTRY_KEYS) == [], "rules for keys nothing checks"
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cpo.losses import coupling_loss, coupling_weights
-from cpo.nets import gaussian_log_prob
+from cpo.algo.losses import coupling_loss, coupling_weights
+from cpo.models.ensemble import gaussian_log_prob
 
 
 def _fit(actions: torch.Tensor, w: torch.Tensor):
@@ -47,7 +47,7 @@ def _data(act_dim: int, seed: int, n: int = 400):
 @pytest.mark.parametrize("act_dim,lam", [(1, 0.5), (2, 0.2), (2, 1.0)])
 def test_coupling_minimiser_is_weighted_mean_and_variance(act_dim, lam):
     """Optimised (mu, sigma) equal the w-weighted mean and variance of the leader's actions
-    (to 1e-3), with w from cpo.losses.coupling_weights (w_max = 100 active at lambda=0.2)."""
+    (to 1e-3), with w from cpo.algo.losses.coupling_weights (w_max = 100 active at lambda=0.2)."""
     a, adv = _data(act_dim, seed=act_dim)
     w = coupling_weights(adv, torch.full_like(adv, lam), 100.0)
     if lam == 0.2:

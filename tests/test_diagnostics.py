@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from cpo.diagnostics import kl_matrix, mean_abs_deviation, relative_ess
+from cpo.algo.diagnostics import kl_matrix, mean_abs_deviation, relative_ess
 
 N_SAMPLES = 200_000
 

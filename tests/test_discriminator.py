@@ -8,7 +8,7 @@ import math
 import torch
 from torch.nn import functional as F
 
-from cpo.discriminator import Discriminator
+from cpo.algo.discriminator import Discriminator
 from tests.test_learner import hand_gae, make_learner, make_rollout
 
 M, OBS_D, ACT_D = 4, 3, 2

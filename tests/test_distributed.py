@@ -15,9 +15,9 @@ import pytest
 import torch
 import torch.distributed as tdist
 
-from cpo import distributed
-from cpo.config import AlgoConfig, ConfigError, TrainConfig, validate
-from cpo.distributed import SINGLE, Dist, combine_moments, global_env_ids
+from cpo.utils import distributed
+from cpo.utils.config import AlgoConfig, ConfigError, TrainConfig, validate
+from cpo.utils.distributed import SINGLE, Dist, combine_moments, global_env_ids
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.skipif(not (tdist.is_available() and tdist.is_gloo_available()),
@@ -105,7 +105,7 @@ def _union_cfg() -> AlgoConfig:
 
 
 def _union_model():
-    from cpo.nets import EnsembleActorCritic
+    from cpo.models.ensemble import EnsembleActorCritic
 
     return EnsembleActorCritic(3, 2, num_policies=M_U, latent_dim=4, actor_hidden=[16, 16],
                                critic_hidden=[16, 16], seed=0)
@@ -114,7 +114,7 @@ def _union_model():
 @torch.no_grad()
 def _union_rollout(model):
     """The same random rollout of N_U envs in every process (actions from the model)."""
-    from cpo.rollout import Rollout
+    from cpo.algo.rollout import Rollout
 
     g = torch.Generator().manual_seed(1)
     ro = Rollout.empty(T_U, N_U, 3, 2, M_U, torch.device("cpu"))
@@ -161,7 +161,7 @@ def _time_split_learner(*args, **kwargs):
     its own permutation, so one process on the union and two ranks on the halves would see
     different (equally valid) minibatches; with this split every rank's minibatch j is
     exactly its share of the union's minibatch j, which is the property under test."""
-    from cpo.learner import Learner
+    from cpo.algo.learner import Learner
 
     class TimeSplitLearner(Learner):
         def _minibatches(self, ro, batch):
@@ -236,8 +236,9 @@ def _state_vector(r) -> torch.Tensor:
 def _job_runner(rank, world, out_dir):
     """Straight 4 iterations vs 2 + resume + 2; a SIGTERM on rank 1 only; NaN on rank 1 only."""
     import tests.fakes  # noqa: F401  (registers the test tasks in this fresh process)
-    from cpo import checkpoint as ckpt
-    from cpo.runner import NonFiniteError, Runner
+    from cpo.utils import checkpoint as ckpt
+    from cpo.runners.collect import NonFiniteError
+    from cpo.runners.runner import Runner
 
     res = {}
     a = Runner(_small_cfg(4), os.path.join(out_dir, "a"))
@@ -325,7 +326,7 @@ def test_two_ranks_train_identically_stop_together_and_resume_exactly(two_ranks)
     (per-rank env states come back from rank 0's checkpoint); a SIGTERM on rank 1 alone stops
     both after iteration 3; NaN observations on rank 1 alone stop both, naming global env ids;
     only rank 0 writes files."""
-    from cpo import checkpoint as ckpt
+    from cpo.utils import checkpoint as ckpt
 
     tmp_path = pathlib.Path(two_ranks[0])
     r0, r1 = (r["runner"] for r in two_ranks[1])
@@ -352,7 +353,7 @@ def test_torchrun_command_line(tmp_path):
     """``torchrun --nproc_per_node 2 train.py``: exit 0, one run directory written by rank 0
     only, a checkpoint holding both ranks' states and the global step count. (resume=auto is
     checked in tests/test_launchers.py, the exact resume of a 2-rank run above.)"""
-    from cpo import checkpoint as ckpt
+    from cpo.utils import checkpoint as ckpt
 
     run_dir = str(tmp_path / "run")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

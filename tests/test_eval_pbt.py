@@ -1,4 +1,4 @@
-"""``eval.py`` on PBT runs (algo=pbt, cpo/pbt.py): the checkpoint holds a stacked population,
+"""``eval.py`` on PBT runs (algo=pbt, cpo/runners/pbt.py): the checkpoint holds a stacked population,
 and eval.py evaluates, exports and records one member, chosen by ``policy=<global id>`` or, by
 default, the member with the best windowed score; the printed line names the member."""
 from __future__ import annotations
@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import eval as eval_cli
-from cpo import checkpoint as ckpt
+from cpo.utils import checkpoint as ckpt
 from cpo.app import run
-from cpo.evaluation import evaluate, load_policy, select_policy
-from cpo.pbt import checkpoint_policy
+from cpo.tools.evaluation import evaluate, load_policy, select_policy
+from cpo.runners.pbt import checkpoint_policy
 from tests.test_pbt import pbt_cfg
 
 
@@ -95,7 +95,7 @@ def test_unknown_member_names_the_ids(pbt_run, capsys):
 def test_member_on_an_ensemble_checkpoint_is_an_error(tmp_path):
     """load_policy(member=...) only applies to PBT runs; an ensemble's ``policy=`` out of range
     names the valid indices."""
-    from cpo.config import TrainConfig
+    from cpo.utils.config import TrainConfig
 
     cfg = TrainConfig(device="cpu", max_iterations=1)
     cfg.env.name, cfg.env.num_envs = "test_line", 8

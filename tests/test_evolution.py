@@ -1,4 +1,4 @@
-"""EPO (cpo/evolution.py): the genetic operators by hand, replacement into the model and
+"""EPO (cpo/algo/evolution.py): the genetic operators by hand, replacement into the model and
 Adam, the runner's events, exact resume across events, and SAPG when evolution is off."""
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import copy
 import pytest
 import torch
 
-from cpo.config import ConfigError, EvoConfig, validate
-from cpo.evolution import Evolution, crossover, describe, mutate, replace_rows, select
-from cpo.nets import EnsembleActorCritic
-from cpo.runner import Runner
+from cpo.utils.config import ConfigError, EvoConfig, validate
+from cpo.algo.evolution import Evolution, crossover, describe, mutate, replace_rows, select
+from cpo.models.ensemble import EnsembleActorCritic
+from cpo.runners.runner import Runner
 from tests.test_runner import params, small_cfg
 
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from cpo.evaluation import ExportedPolicy, check_onnx, export_onnx
-from cpo.nets import EnsembleActorCritic
+from cpo.tools.evaluation import ExportedPolicy, check_onnx, export_onnx
+from cpo.models.ensemble import EnsembleActorCritic
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e '.[test]')")
 onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install -e '.[onnx]')")
@@ -100,7 +100,7 @@ def test_eval_cli_exports_onnx_from_a_run(tmp_path, capsys):
     """eval.py run=<dir> export=policy.onnx on a trained run writes a graph that onnxruntime
     runs, checked against the eager policy (the printed line reports the difference)."""
     import eval as eval_cli
-    from cpo.runner import Runner
+    from cpo.runners.runner import Runner
     from tests.test_runner import small_cfg
 
     cfg = small_cfg("sapg", iters=2)

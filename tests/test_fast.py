@@ -1,4 +1,4 @@
-"""The fast paths (``perf.*``, cpo/fast.py) compute what eager computes.
+"""The fast paths (``perf.*``, cpo/models/fast.py) compute what eager computes.
 
 Each switch trains a few iterations next to an eager twin from the same seed and compares the
 parameters and the collected rollout. ``torch.compile`` and fused Adam may reassociate
@@ -13,9 +13,9 @@ import shutil
 import pytest
 import torch
 
-from cpo import fast
-from cpo.config import ConfigError, TrainConfig, validate
-from cpo.runner import Runner
+from cpo.models import fast
+from cpo.utils.config import ConfigError, TrainConfig, validate
+from cpo.runners.runner import Runner
 from tests.test_runner import params, small_cfg
 
 HAS_COMPILER = shutil.which("cc") is not None or shutil.which("gcc") is not None

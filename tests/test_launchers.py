@@ -10,10 +10,10 @@ import signal
 import pytest
 import torch
 
-from cpo import checkpoint as ckpt
+from cpo.utils import checkpoint as ckpt
 from cpo.app import run
-from cpo.config import ConfigError
-from cpo.runner import Runner
+from cpo.utils.config import ConfigError
+from cpo.runners.runner import Runner
 from tests.test_runner import small_cfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,4 +1,4 @@
-"""The real Learner (cpo/learner.py) on a tiny EnsembleActorCritic and synthetic rollouts:
+"""The real Learner (cpo/algo/learner.py) on a tiny EnsembleActorCritic and synthetic rollouts:
 targets, row layout, loss weighting and one update checked against hand-written numbers."""
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 
-from cpo.config import AlgoConfig
-from cpo.learner import Learner, entropy_coefficients, lambda_f_at
-from cpo.nets import EnsembleActorCritic, gaussian_log_prob
-from cpo.rollout import Rollout
+from cpo.utils.config import AlgoConfig
+from cpo.algo.learner import Learner, entropy_coefficients, lambda_f_at
+from cpo.models.ensemble import EnsembleActorCritic, gaussian_log_prob
+from cpo.algo.rollout import Rollout
 
 CPU = torch.device("cpu")
 OBS, ACT = 3, 2

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Dict, List, Sequence
 
 from bench.common import compose
-from cpo.runner import Runner
+from cpo.runners.runner import Runner
 
 
 def train(overrides: Sequence[str], tmp_path) -> List[Dict[str, float]]:

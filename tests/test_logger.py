@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cpo.logger import Logger, kl_heatmap_image
+from cpo.utils.logger import Logger, kl_heatmap_image
 
 
 def _read(run_dir):
@@ -73,7 +73,7 @@ def test_kl_heatmap_colours_are_log_scaled_and_clipped():
     would put them 0.0015 apart), and values beyond the range take the end colours."""
     from matplotlib.colors import LogNorm
 
-    from cpo.logger import KL_COLOR_RANGE
+    from cpo.utils.logger import KL_COLOR_RANGE
 
     lo, hi = KL_COLOR_RANGE
     norm = LogNorm(vmin=lo, vmax=hi)
@@ -94,7 +94,7 @@ def test_wandb_offline_mirrors_scalars_heatmap_and_config(tmp_path, monkeypatch)
     pytest.importorskip("wandb", reason='wandb is not installed (pip install -e ".[wandb]")')
     import glob
 
-    from cpo.runner import Runner
+    from cpo.runners.runner import Runner
     from tests.test_runner import small_cfg
 
     monkeypatch.setenv("WANDB_SILENT", "true")

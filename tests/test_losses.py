@@ -1,4 +1,4 @@
-"""Numbers for the per-row losses of cpo/losses.py."""
+"""Numbers for the per-row losses of cpo/algo/losses.py."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import torch
 from torch.distributions import Independent, Normal, kl_divergence
 
-from cpo import losses
+from cpo.algo import losses
 
 
 def test_ppo_surrogate_by_hand():

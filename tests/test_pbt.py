@@ -1,4 +1,4 @@
-"""PBT (cpo/pbt.py, cpo/stacked.py): exploit/explore arithmetic by hand, a member's update
+"""PBT (cpo/runners/pbt.py, cpo/models/stacked.py): exploit/explore arithmetic by hand, a member's update
 against a plain single-network PPO step, members never sharing data, copying between members
 and worker processes, exact resume, config errors, and a short learning run."""
 from __future__ import annotations
@@ -15,11 +15,11 @@ import torch
 from torch import nn
 
 from cpo.app import resume_config, run
-from cpo.config import ConfigError, PBTConfig, TrainConfig, validate
-from cpo.nets import RunningMeanStd
-from cpo.pbt import (HP_KEYS, MemberBatch, PBTLearner, PBTRunner, SharedDir, initial_hyperparameters,
+from cpo.utils.config import ConfigError, PBTConfig, TrainConfig, validate
+from cpo.models.normalizer import RunningMeanStd
+from cpo.runners.pbt import (HP_KEYS, MemberBatch, PBTLearner, PBTRunner, SharedDir, initial_hyperparameters,
                      member_seed, perturb, plan_exploit, score_gap)
-from cpo.stacked import StackedActorCritic, StackedLinear, from_members, to_members
+from cpo.models.stacked import StackedActorCritic, StackedLinear, from_members, to_members
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -260,8 +260,8 @@ def test_members_never_share_data(tmp_path):
 
 def test_member_as_one_policy_network():
     """member_policy(p) is member p alone in the ensemble network (latent_dim 0): same mean
-    action and value on raw observations, so cpo.evaluation can evaluate and export it."""
-    from cpo.pbt import member_policy
+    action and value on raw observations, so cpo.tools.evaluation can evaluate and export it."""
+    from cpo.runners.pbt import member_policy
 
     cfg = pbt_cfg()
     gen = torch.Generator().manual_seed(0)
@@ -283,8 +283,8 @@ def test_member_as_one_policy_network():
 def test_best_member_from_a_checkpoint(tmp_path):
     """checkpoint_policy picks the member with the best windowed score in the checkpoint (or a
     given one) and returns it as a one-policy network with that member's weights."""
-    from cpo import checkpoint as ckpt
-    from cpo.pbt import checkpoint_policy
+    from cpo.utils import checkpoint as ckpt
+    from cpo.runners.pbt import checkpoint_policy
 
     cfg = pbt_cfg(iters=2)
     r = PBTRunner(cfg, str(tmp_path / "r"))
@@ -522,7 +522,7 @@ def test_pbt_learns_cartpole_and_evolves(tmp_path):
     iterations the best member's score is >= 300 (a random policy scores ~22), at least one
     member copied another, and copied hyperparameters changed; TensorBoard has per-member
     hyperparameters."""
-    from cpo.report import read_scalars
+    from cpo.tools.report import read_scalars
 
     cfg = TrainConfig(seed=0, device="cpu", max_iterations=24, torch_threads=1)
     cfg.env.name, cfg.env.num_envs = "cartpole", 240
@@ -548,9 +548,9 @@ def test_pbt_learns_cartpole_and_evolves(tmp_path):
 
 
 def test_report_shows_members(tmp_path):
-    """`python -m cpo.report` on a PBT run: per member its start hyperparameters (the initial
+    """`python -m cpo.tools.report` on a PBT run: per member its start hyperparameters (the initial
     values), how often it copied (the round log's count), best score; and its figure."""
-    from cpo import report
+    from cpo.tools import report
 
     cfg = pbt_cfg(iters=6)
     run(cfg, run_dir=str(tmp_path / "r"))

@@ -1,4 +1,4 @@
-"""PBT with an asymmetric critic (cpo/pbt.py, cpo/stacked.py): a stacked member's privileged
+"""PBT with an asymmetric critic (cpo/runners/pbt.py, cpo/models/stacked.py): a stacked member's privileged
 critic against a standalone one-policy EnsembleActorCritic, the truncation bootstrap from
 ``final_privileged`` by hand, a short run that checkpoints, resumes exactly and evaluates, and
 an exploit copying the critic and its privileged normaliser."""
@@ -11,14 +11,14 @@ import torch
 from torch import nn
 
 import eval as eval_cli
-from cpo import checkpoint as ckpt
+from cpo.utils import checkpoint as ckpt
 from cpo.app import resume_config, run
-from cpo.config import ConfigError, TrainConfig, validate
-from cpo.evaluation import select_policy
-from cpo.nets import EnsembleActorCritic
-from cpo.pbt import PBTLearner, PBTRunner, checkpoint_policy, member_policy
-from cpo.rollout import Rollout
-from cpo.stacked import StackedActorCritic, StackedLinear, to_members
+from cpo.utils.config import ConfigError, TrainConfig, validate
+from cpo.tools.evaluation import select_policy
+from cpo.models.ensemble import EnsembleActorCritic
+from cpo.runners.pbt import PBTLearner, PBTRunner, checkpoint_policy, member_policy
+from cpo.algo.rollout import Rollout
+from cpo.models.stacked import StackedActorCritic, StackedLinear, to_members
 from tests.test_asymmetric import PrivLineTask  # noqa: F401  (registers test_priv_line)
 from tests.test_pbt import _set_scores
 
@@ -282,7 +282,7 @@ def test_exploit_copies_the_privileged_critic_and_normaliser(tmp_path):
 def test_remote_member_without_privileged_normaliser_is_refused(tmp_path):
     """A worker file whose members lack priv_rms (a symmetric population) cannot be copied:
     the error names the tensor and the rule."""
-    from cpo.pbt import Copy
+    from cpo.runners.pbt import Copy
 
     r = PBTRunner(priv_cfg(population=2), str(tmp_path / "r"))
     payload = r.learner.payload(r.env_steps)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from cpo import checkpoint as ckpt
+from cpo.utils import checkpoint as ckpt
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = ["algo=ppo", "env=cartpole", "env.num_envs=60", "algo.horizon=16", "algo.num_epochs=1",

@@ -1,4 +1,4 @@
-"""The multirun report (cpo/report.py): synthetic sweeps with known values and a tiny real one."""
+"""The multirun report (cpo/tools/report.py): synthetic sweeps with known values and a tiny real one."""
 from __future__ import annotations
 
 import json
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cpo import report
+from cpo.tools import report
 from cpo.app import config_yaml, run
-from cpo.config import TrainConfig
+from cpo.utils.config import TrainConfig
 
 LAMBDAS = (0.1, 0.2)
 BETAS = (1e-4, 1e-3)

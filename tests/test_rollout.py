@@ -1,9 +1,9 @@
-"""Numbers for the pure target functions of cpo/rollout.py: GAE, one-step TD, bootstrap values."""
+"""Numbers for the pure target functions of cpo/algo/rollout.py: GAE, one-step TD, bootstrap values."""
 from __future__ import annotations
 
 import torch
 
-from cpo.rollout import bootstrap_values, gae, td_targets
+from cpo.algo.rollout import bootstrap_values, gae, td_targets
 
 
 def _col(*xs):

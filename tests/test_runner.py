@@ -10,10 +10,10 @@ import pickle
 import pytest
 import torch
 
-from cpo import checkpoint as ckpt
+from cpo.utils import checkpoint as ckpt
 from cpo.app import resume_config, run
-from cpo.config import ConfigError, TrainConfig
-from cpo.runner import Runner
+from cpo.utils.config import ConfigError, TrainConfig
+from cpo.runners.runner import Runner
 
 
 def small_cfg(algo: str = "ppo", iters: int = 4, seed: int = 0) -> TrainConfig:
@@ -137,7 +137,7 @@ def test_nonfinite_env_stops_within_one_step_with_ids(tmp_path):
     """An env that returns NaN at step 13 (iteration 1, rollout step 5) stops the run at that
     step, naming the env ids and the quantity, after saving the state at the start of the
     iteration; that checkpoint loads and continues."""
-    from cpo.runner import NonFiniteError
+    from cpo.runners.collect import NonFiniteError
 
     cfg = small_cfg("ppo", iters=3)
     cfg.env.name, cfg.env.params = "test_nan_line", {"nan_step": 13}
@@ -159,7 +159,7 @@ def test_nonfinite_env_stops_within_one_step_with_ids(tmp_path):
 
 def test_nonfinite_iteration_check_names_reward_or_obs(tmp_path):
     """With nonfinite_check=iteration the same failure is caught at the end of the rollout."""
-    from cpo.runner import NonFiniteError
+    from cpo.runners.collect import NonFiniteError
 
     cfg = small_cfg("ppo", iters=3)
     cfg.env.name, cfg.env.params = "test_nan_line", {"nan_step": 3}
@@ -188,7 +188,7 @@ def test_nonfinite_reset_policy_continues_and_counts(tmp_path):
 
 def test_eval_and_export(tmp_path):
     """eval rebuilds the policy from the run dir alone; the TorchScript export matches it."""
-    from cpo.evaluation import evaluate, export_torchscript, find_checkpoint, load_policy
+    from cpo.tools.evaluation import evaluate, export_torchscript, find_checkpoint, load_policy
 
     run(small_cfg("sapg", iters=2), run_dir=str(tmp_path / "r"))
     model, cfg = load_policy(find_checkpoint(str(tmp_path / "r"), "latest"))
@@ -204,7 +204,7 @@ def test_eval_and_export(tmp_path):
 def test_lstm_policy_trains_resumes_and_exports(tmp_path):
     """An LSTM front end (paper: Kuka tasks) works through collect, CPO update, exact resume,
     evaluation and export."""
-    from cpo.evaluation import evaluate, export_torchscript, find_checkpoint, load_policy
+    from cpo.tools.evaluation import evaluate, export_torchscript, find_checkpoint, load_policy
 
     def cfg(iters):
         c = small_cfg("cpo", iters=iters)
@@ -279,8 +279,8 @@ def test_runner_needs_no_hydra(tmp_path):
 
     code = (
         "import sys\n"
-        "from cpo.config import TrainConfig, validate\n"
-        "from cpo.runner import Runner\n"
+        "from cpo.utils.config import TrainConfig, validate\n"
+        "from cpo.runners.runner import Runner\n"
         "c = TrainConfig(); c.env.name, c.env.num_envs = 'cartpole', 12\n"
         "c.algo.name, c.algo.num_policies, c.device = 'ppo', 1, 'cpu'\n"
         "c.log.tensorboard = c.log.progress = False\n"

@@ -12,10 +12,11 @@ import time
 import pytest
 import torch
 
-from cpo import checkpoint as ckpt
+from cpo.utils import checkpoint as ckpt
 from cpo.app import claim_run_dir, resume_config, run
-from cpo.config import ConfigError
-from cpo.runner import NonFiniteError, Runner
+from cpo.utils.config import ConfigError
+from cpo.runners.collect import NonFiniteError
+from cpo.runners.runner import Runner
 from tests.test_runner import small_cfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,7 +87,7 @@ def test_format_1_checkpoints_without_digest_still_load(tmp_path):
 def test_damaged_newest_is_skipped_with_a_line_and_named_one_refused(tmp_path, capsys):
     """resume=<dir> skips a damaged newest checkpoint, saying which file it skipped and which
     it uses; resume=<that file> refuses it; eval's 'latest' does the same."""
-    from cpo.evaluation import find_checkpoint
+    from cpo.tools.evaluation import find_checkpoint
 
     run_dir = trained(tmp_path, iters=3)
     files = ckpt.list_checkpoints(run_dir)
@@ -127,7 +128,7 @@ def test_run_lock_refuses_a_second_holder_and_dies_with_its_process(tmp_path):
         claim_run_dir(d)
     first.release()
     claim_run_dir(d).release()
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom cpo.checkpoint import RunLock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom cpo.utils.checkpoint import RunLock\n"
                                f"RunLock({d!r}).acquire(); print('held', flush=True); time.sleep(60)"],
                               cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"

@@ -9,9 +9,9 @@ import os
 
 import pytest
 
-from cpo import checkpoint as ckpt
+from cpo.utils import checkpoint as ckpt
 from cpo.app import resume_config
-from cpo.runner import Runner
+from cpo.runners.runner import Runner
 from tests.test_runner import small_cfg
 
 event_accumulator = pytest.importorskip(

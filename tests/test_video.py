@@ -22,9 +22,9 @@ pytest.importorskip("imageio_ffmpeg", reason='videos need imageio-ffmpeg (pip in
 
 import imageio.v2 as imageio  # noqa: E402
 
-from cpo.config import TrainConfig  # noqa: E402
-from cpo.evaluation import even_frame, record_video  # noqa: E402
-from cpo.runner import build_model  # noqa: E402
+from cpo.utils.config import TrainConfig  # noqa: E402
+from cpo.tools.evaluation import even_frame, record_video  # noqa: E402
+from cpo.runners.runner import build_model  # noqa: E402
 from envs import registry  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,9 +62,9 @@ def test_cartpole_video_frames_and_size(tmp_path):
 
 MUJOCO_VIDEO = """
 import json, sys
-from cpo.config import TrainConfig
-from cpo.evaluation import record_video
-from cpo.runner import build_model
+from cpo.utils.config import TrainConfig
+from cpo.tools.evaluation import record_video
+from cpo.runners.runner import build_model
 cfg = TrainConfig(device="cpu")
 cfg.env.name, cfg.env.num_envs, cfg.env.max_episode_steps = "gymnasium", 1, 10
 cfg.env.params = {"id": "HalfCheetah-v5", "kwargs": {"width": 64, "height": 48}}

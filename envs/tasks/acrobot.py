@@ -32,7 +32,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import torch
 
-from envs.registry import TaskSpec, register
+from envs.spec import TaskSpec
 from envs.tasks.common import Canvas, Task, TaskParams
 
 DT = 0.2
@@ -137,6 +137,7 @@ class Acrobot(Task):
         return c.img
 
 
-register("acrobot", TaskSpec(
+#: the registry entry (envs/registry.py registers "acrobot" as "envs.tasks.acrobot:SPEC")
+SPEC = TaskSpec(
     factory=Acrobot, params=AcrobotParams, max_episode_steps=500, solved_return=-100.0,
-    description="gymnasium Acrobot-v1 with torque a (a in {-1,0,1} is the discrete game)"))
+    description="gymnasium Acrobot-v1 with torque a (a in {-1,0,1} is the discrete game)")

@@ -36,7 +36,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import torch
 
-from envs.registry import TaskSpec, register
+from envs.spec import TaskSpec
 from envs.tasks.common import Canvas, Task, TaskParams, check_number, require
 
 
@@ -144,7 +144,8 @@ class ArmReach(Task):
         return c.img
 
 
-register("arm_reach", TaskSpec(
+#: the registry entry (envs/registry.py registers "arm_reach" as "envs.tasks.arm_reach:SPEC")
+SPEC = TaskSpec(
     factory=ArmReach, params=ArmReachParams, max_episode_steps=100, solved_return=-15.0,
     success_threshold=0.9,
-    description="planar arm with num_links (8) links reaching random targets, dense reward"))
+    description="planar arm with num_links (8) links reaching random targets, dense reward")

@@ -29,7 +29,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import torch
 
-from envs.registry import TaskSpec, register
+from envs.spec import TaskSpec
 from envs.tasks.common import Canvas, Task, TaskParams
 
 # constants exactly as gymnasium's CartPoleEnv.__init__ computes them
@@ -108,6 +108,7 @@ class CartPole(Task):
         return c.img
 
 
-register("cartpole", TaskSpec(
+#: the registry entry (envs/registry.py registers "cartpole" as "envs.tasks.cartpole:SPEC")
+SPEC = TaskSpec(
     factory=CartPole, params=CartPoleParams, max_episode_steps=500, solved_return=475.0,
-    description="gymnasium CartPole-v1 with force 10*a (a=+-1 is the discrete game)"))
+    description="gymnasium CartPole-v1 with force 10*a (a=+-1 is the discrete game)")

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from envs.base import BatchedTask
-from envs.registry import EnvConfigError
+from envs.spec import EnvConfigError
 
 #: accepted values of the ``dtype`` parameter
 DTYPES = {"float32": torch.float32, "float64": torch.float64}

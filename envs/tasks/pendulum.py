@@ -30,7 +30,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import torch
 
-from envs.registry import TaskSpec, register
+from envs.spec import TaskSpec
 from envs.tasks.common import Canvas, Task, TaskParams, check_number
 
 MAX_SPEED = 8.0
@@ -102,6 +102,7 @@ class Pendulum(Task):
         return c.img
 
 
-register("pendulum", TaskSpec(
+#: the registry entry (envs/registry.py registers "pendulum" as "envs.tasks.pendulum:SPEC")
+SPEC = TaskSpec(
     factory=Pendulum, params=PendulumParams, max_episode_steps=200, solved_return=-200.0,
-    description="gymnasium Pendulum-v1, torque 2*a"))
+    description="gymnasium Pendulum-v1, torque 2*a")

@@ -52,7 +52,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from envs.registry import TaskSpec, register
+from envs.spec import TaskSpec
 from envs.tasks.common import DTYPES, Canvas, Task, TaskParams, check_number, require
 
 #: how far every wall rectangle is grown (cells) so that touching walls overlap
@@ -227,7 +227,8 @@ class PointMaze(Task):
         return c.img
 
 
-register("point_maze", TaskSpec(
+#: the registry entry (envs/registry.py registers "point_maze" as "envs.tasks.point_maze:SPEC")
+SPEC = TaskSpec(
     factory=PointMaze, params=PointMazeParams, max_episode_steps=250, solved_return=0.9,
     success_threshold=0.9,
-    description="sparse-reward point-mass maze, goal behind walls (layout u_maze | s_maze)"))
+    description="sparse-reward point-mass maze, goal behind walls (layout u_maze | s_maze)")

@@ -164,7 +164,7 @@ def test_unknown_id_fails_in_config_validation():
     from hydra import compose, initialize_config_dir
 
     from cpo.app import to_train_config
-    from cpo.config import ConfigError, validate
+    from cpo.utils.config import ConfigError, validate
 
     with initialize_config_dir(os.path.join(ROOT, "conf"), version_base="1.3"):
         cfg = to_train_config(compose("config", overrides=["env.name=gymnasium", "+env.params.id=Antt-v5",
@@ -247,9 +247,9 @@ def test_render_frames_and_video(tmp_path):
     pytest.importorskip("imageio_ffmpeg", reason='video needs imageio-ffmpeg (pip install -e ".[video]")')
     import imageio.v2 as imageio
 
-    from cpo.config import TrainConfig
-    from cpo.evaluation import record_video
-    from cpo.runner import build_model
+    from cpo.utils.config import TrainConfig
+    from cpo.tools.evaluation import record_video
+    from cpo.runners.runner import build_model
 
     env = make(2, id=TEST_ID, render_mode="rgb_array")
     env.reset(seed=0)
@@ -273,7 +273,7 @@ def test_pendulum_matches_gymnasium_and_trains():
     and PPO runs through the Runner with the right episode length."""
     counts = compare_with_reference("Pendulum-v1", 3, 25, 10)
     assert counts["truncated"] == 6 and counts["terminated"] == 0
-    from cpo.runner import Runner
+    from cpo.runners.runner import Runner
     from tests.test_config import composed
 
     cfg = composed("algo=ppo", "env.name=gymnasium", "+env.params.id=Pendulum-v1", "env.num_envs=4",
@@ -313,7 +313,7 @@ def test_ant_async_matches_gymnasium():
 @needs_mujoco
 def test_halfcheetah_preset_trains_one_iteration():
     """conf/env/gym_halfcheetah.yaml composes, validates and runs one PPO iteration."""
-    from cpo.runner import Runner
+    from cpo.runners.runner import Runner
     from tests.test_config import composed
 
     cfg = composed("algo=ppo", "env=gym_halfcheetah", "max_iterations=1", "log.progress=false",

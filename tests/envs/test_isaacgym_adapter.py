@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from cpo.config import ConfigError, TrainConfig, validate
+from cpo.utils.config import ConfigError, TrainConfig, validate
 from envs import registry
 from envs.registry import EnvConfigError
 from tests import isaacgym_double as D
@@ -334,7 +334,7 @@ def test_training_end_to_end_with_privileged_critic_and_truncation_bootstrap(dou
     """PPO through the runner on the double (privileged critic, time limit 4): the rollout's
     final_obs on done rows is the next stored obs (IsaacGymEnvs' terminal obs), and every value
     target (lambda = 0) is r + gamma * (1 - terminated) * V(final_privileged)."""
-    from cpo.runner import Runner
+    from cpo.runners.runner import Runner
 
     cfg = TrainConfig(seed=0, device="cpu", max_iterations=2, torch_threads=1)
     cfg.env.name, cfg.env.num_envs, cfg.env.max_episode_steps = "isaacgym", 12, 4

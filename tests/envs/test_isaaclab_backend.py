@@ -352,7 +352,7 @@ def test_mjlab_cartpole_learns(tmp_path):
     float sums (the latent became a first-layer bias), in 29-76 s."""
     pytest.importorskip("mjlab", reason=MJLAB_SKIP)
     from bench.common import compose
-    from cpo.runner import Runner
+    from cpo.runners.runner import Runner
     cfg = compose(["env=mjlab_cartpole", "algo=ppo", "seed=0"])
     cfg.device = "cpu"
     cfg.log.progress = False

@@ -75,7 +75,7 @@ def summary_lines(name: str, run_dir: str, stats: Dict[str, float], iterations: 
 
 
 class WandbSettings(NamedTuple):
-    """Where a run's Weights & Biases mirror goes (``log.wandb_*``; cpo/config.py)."""
+    """Where a run's Weights & Biases mirror goes (``log.wandb_*``; cpo/utils/config.py)."""
 
     project: str = "cpo-trainer"
     entity: Optional[str] = None

@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from cpo.nets import _ACTIVATIONS, gaussian_log_prob
+from cpo.models.ensemble import _ACTIVATIONS, gaussian_log_prob
 
 
 def to_members(x: torch.Tensor, members: int) -> torch.Tensor:
@@ -140,7 +140,7 @@ class StackedLinear(nn.Module):
 def stacked_mlp(members: int, sizes: Sequence[int], activation: str, out_gain: float,
                 final_activation: bool = False) -> nn.Sequential:
     """Stacked layers of ``sizes`` with ``activation`` between them; gain sqrt(2) on hidden
-    layers and ``out_gain`` on the last (as :func:`cpo.nets.mlp`)."""
+    layers and ``out_gain`` on the last (as :func:`cpo.models.ensemble.mlp`)."""
     layers: List[nn.Module] = []
     for i in range(len(sizes) - 1):
         last = i == len(sizes) - 2
@@ -160,7 +160,7 @@ class StackedActorCritic(nn.Module):
 
     Asymmetric critic (``privileged_dim > 0``, the env's, envs/base.py): V_p reads the raw
     privileged observation through member p's own normaliser ``priv_rms`` (stacked like the
-    others) while the actor keeps the policy observation, as :class:`cpo.nets.EnsembleActorCritic`
+    others) while the actor keeps the policy observation, as :class:`cpo.models.ensemble.EnsembleActorCritic`
     does; it needs ``separate_critic``. ``priv_rms`` is registered only then, so symmetric
     checkpoints keep their keys.
     """
@@ -182,7 +182,7 @@ class StackedActorCritic(nn.Module):
         if self.privileged_dim > 0 and not separate_critic:
             raise ValueError(f"an asymmetric critic (privileged_dim={self.privileged_dim}) needs "
                              "separate_critic=True: the actor trunk only sees policy observations")
-        # gains as cpo.nets: sqrt(2) on hidden layers, 1 on the trunk's last, 0.01 on the mean
+        # gains as cpo.models.ensemble: sqrt(2) on hidden layers, 1 on the trunk's last, 0.01 on the mean
         self.actor = stacked_mlp(P, [obs_dim] + list(actor_hidden), activation, 1.0,
                                  final_activation=True)
         self.mu_head = StackedLinear(P, actor_hidden[-1], act_dim, 0.01)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cpo.nets import mlp
+from cpo.models.ensemble import mlp
 
 
 class Discriminator(nn.Module):

@@ -3,7 +3,7 @@
 Usage::
 
     python train.py -m algo=cpo algo.lambda_f=0.05,0.1,0.2,0.5 algo.beta=1e-4,1e-3 seed=0,1,2
-    python -m cpo.report <multirun dir> [--out DIR] [--metric rollout/ep_return] [--last-frac 0.1]
+    python -m cpo.tools.report <multirun dir> [--out DIR] [--metric rollout/ep_return] [--last-frac 0.1]
 
 Every directory below ``<multirun dir>`` holding a TensorBoard event file and a
 ``resolved_config.yaml`` is one job. Jobs are grouped into *configurations* by the swept
@@ -40,7 +40,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from cpo.config import flatten
+from cpo.utils.config import flatten
 
 DEFAULT_METRIC = "rollout/ep_return"
 SUCCESS_TAG = "rollout/success"
@@ -724,7 +724,7 @@ def make_report(root: str, out: Optional[str] = None, metric: str = DEFAULT_METR
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Command-line entry point (see the module docstring); returns the exit code."""
-    p = argparse.ArgumentParser(prog="python -m cpo.report", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m cpo.tools.report", description=__doc__.split("\n")[0])
     p.add_argument("multirun_dir", help="Hydra multirun (sweep) directory")
     p.add_argument("--out", default=None, help="output folder (default <multirun dir>/report)")
     p.add_argument("--metric", default=DEFAULT_METRIC, help="scalar tag of the headline metric")

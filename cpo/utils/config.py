@@ -206,7 +206,7 @@ class LogConfig:
 
 @dataclass
 class PerfConfig:
-    """Optional fast paths (cpo/fast.py). Each computes the same function as the eager
+    """Optional fast paths (cpo/models/fast.py). Each computes the same function as the eager
     default, up to floating-point reassociation; tests/test_fast.py checks this on CPU."""
 
     compile: str = "none"
@@ -250,7 +250,7 @@ def pbt_range(algo: "AlgoConfig", key: str) -> "tuple":
 
 @dataclass
 class PBTConfig:
-    """Population-based training (ALGORITHMS.md section 7; cpo/pbt.py): a population of
+    """Population-based training (ALGORITHMS.md section 7; cpo/runners/pbt.py): a population of
     independent PPO learners, each with its own env block, weights, normalisers, optimiser and
     hyperparameters; every ``interval_steps`` the bottom fraction copies a top member and
     perturbs the copied hyperparameters. Off (the ensemble learner) when ``population`` is 0."""
@@ -297,7 +297,7 @@ class PBTConfig:
 
 @dataclass
 class EvoConfig:
-    """Evolutionary Policy Optimization (EPO; Wang, Su, Gupta, Pathak 2025; cpo/evolution.py):
+    """Evolutionary Policy Optimization (EPO; Wang, Su, Gupta, Pathak 2025; cpo/algo/evolution.py):
     every ``interval_steps`` env steps after ``warmup_steps``, the policies are ranked by
     their fitness, and the latents ("genes") of the weakest are replaced by the crossover
     (the mean) of the fittest, plus optional Gaussian mutation. Off when ``interval_steps`` is
@@ -443,7 +443,7 @@ def _validate_world(cfg: TrainConfig) -> None:
     """Layout rules under torchrun (``WORLD_SIZE`` processes, read from the environment;
     nothing to check without torchrun): every rank gets an equal share of every block and
     splits its share of the batch into ``algo.num_minibatches`` equal minibatches."""
-    from cpo.distributed import world_size_from_env
+    from cpo.utils.distributed import world_size_from_env
 
     W = world_size_from_env()
     if W <= 1:
@@ -491,7 +491,7 @@ def validate(cfg: TrainConfig) -> None:
                f"covers feed-forward models only (net.rnn_hidden={cfg.net.rnn_hidden})")
         _check(cfg.algo.mixed_precision != "fp16", "perf.update_step", cfg.perf.update_step,
                "cannot hold fp16's loss scaler (algo.mixed_precision=fp16); use bf16 or eager")
-        from cpo.distributed import world_size_from_env
+        from cpo.utils.distributed import world_size_from_env
 
         _check(world_size_from_env() <= 1, "perf.update_step", cfg.perf.update_step,
                "runs in one process (the gradient all-reduce of torchrun is not captured)")
@@ -556,7 +556,7 @@ def validate(cfg: TrainConfig) -> None:
     _check(a.mixed_precision in ("none", "bf16", "fp16"), "algo.mixed_precision",
            a.mixed_precision, "must be none, bf16 or fp16")
     # fp16 with device=auto on a machine without CUDA is refused when the device is resolved
-    # (cpo.runner.resolve_device), so that a GPU config validates anywhere
+    # (cpo.runners.runner.resolve_device), so that a GPU config validates anywhere
     _check(not (a.mixed_precision == "fp16" and cfg.device == "cpu"), "algo.mixed_precision", a.mixed_precision,
            "fp16 needs a CUDA device (device=cpu); use bf16 on a CPU")
     _check(a.disc_steps >= 1, "algo.disc_steps", a.disc_steps, "must be >= 1")

@@ -47,6 +47,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
+from cpo.utils.tree import map_tensors
+
 #: seed stride between ranks: rank r seeds its envs and action noise with seed + r * stride,
 #: far from the seeds of neighbouring runs of a sweep (seed = 0, 1, 2, ...)
 RANK_SEED_STRIDE = 100_003
@@ -179,7 +181,7 @@ class Dist:
                 ) -> Tuple[torch.Tensor, torch.Tensor, Any]:
         """One rank's batch moments (``mean``, biased ``var``, ``count``) -> the moments of
         the union of every rank's batch (one all-gather). Used as the normalisers' sync hook
-        (:attr:`cpo.nets.RunningMeanStd.sync`)."""
+        (:attr:`cpo.models.ensemble.RunningMeanStd.sync`)."""
         if not self.enabled:
             return mean, var, count
         shape, dev = mean.shape, mean.device
@@ -298,13 +300,7 @@ class Dist:
 
 def to_cpu(obj: Any) -> Any:
     """``obj`` with every tensor moved to the CPU (containers rebuilt)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(to_cpu(v) for v in obj)
-    return obj
+    return map_tensors(obj, lambda t: t.detach().cpu())
 
 
 #: the one-process context

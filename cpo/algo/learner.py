@@ -44,26 +44,27 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from cpo import fast, losses
-from cpo.config import AlgoConfig, PerfConfig, num_offpolicy_blocks
-from cpo.diagnostics import kl_matrix, mean_abs_deviation, relative_ess
-from cpo.discriminator import Discriminator
-from cpo.distributed import SINGLE, Dist
-from cpo.nets import EnsembleActorCritic, gaussian_entropy, gaussian_log_prob, one_hot_rows
-from cpo.rollout import Rollout, bootstrap_values, gae, td_targets
+from cpo.models import fast
+from cpo.algo import losses
+from cpo.utils.config import AlgoConfig, PerfConfig, num_offpolicy_blocks
+from cpo.algo.diagnostics import kl_matrix, mean_abs_deviation, relative_ess
+from cpo.algo.discriminator import Discriminator
+from cpo.utils.distributed import SINGLE, Dist
+from cpo.models.ensemble import EnsembleActorCritic, gaussian_entropy, gaussian_log_prob, one_hot_rows
+from cpo.algo.rollout import Rollout, bootstrap_values, gae, td_targets
 
 
 @dataclass
 class UpdateState:
     """What one iteration's gradient steps read and write, all device tensors updated in
     place (:meth:`Learner.minibatch_step`), so that a compiled or captured step
-    (``perf.update_step``, cpo/fast.py) can hold them as static buffers."""
+    (``perf.update_step``, cpo/models/fast.py) can hold them as static buffers."""
 
     obs: torch.Tensor  # [T*N, D] raw observations (rollout storage)
     act: torch.Tensor  # [T*N, A] actions taken
     priv: Optional[torch.Tensor]  # [T*N, P] privileged observations (asymmetric critic) or None
     src: torch.Tensor  # [R] the Batch's fields, by batch row
-    pol: torch.Tensor  # [R] policy ids, or their one-hot rows [R, M] for an ensemble (cpo.nets.per_row)
+    pol: torch.Tensor  # [R] policy ids, or their one-hot rows [R, M] for an ensemble (cpo.models.ensemble.per_row)
     logp_old: torch.Tensor
     adv: torch.Tensor
     weight: torch.Tensor

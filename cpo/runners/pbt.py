@@ -2,7 +2,7 @@
 
 Each member owns an env block (N / P contiguous envs), its weights, observation and value
 normalisers, Adam moments and hyperparameters; nothing is shared (no weights, no data, no
-statistics). The whole population is stacked (cpo/stacked.py), so one device runs it with one
+statistics). The whole population is stacked (cpo/models/stacked.py), so one device runs it with one
 batched forward and backward per minibatch. Every ``pbt.interval_steps`` env steps an
 exploit/explore round runs:
 
@@ -14,7 +14,7 @@ exploit/explore round runs:
    exceeds ``pbt.threshold`` (``threshold_mode``: relative gap (s_top - s_bottom) /
    max(|s_top|, |s_bottom|), or absolute gap s_top - s_bottom);
 3. **explore**: every evolved hyperparameter of a member that copied is multiplied or divided
-   (fair coin) by f ~ U[1.1, 1.5] and clamped to its range (``cpo.config.PBT_HYPERPARAMS``);
+   (fair coin) by f ~ U[1.1, 1.5] and clamped to its range (``cpo.utils.config.PBT_HYPERPARAMS``);
    gamma and gae_lambda are perturbed through 1 - x (their effective horizon).
 
 Random draws come from one seeded generator, a fixed number per round (a source index, K
@@ -31,8 +31,8 @@ it ranks the union and changes only its own members (a remote source is copied f
 file). ``pbt.sync_timeout > 0`` waits for the others to publish the same round first.
 
 Asymmetric critic: on an env with ``privileged_dim > 0`` every member's critic reads the
-privileged observation through its own normaliser (cpo/stacked.py), as the ensemble's does; the
-runner's rollout stores ``privileged`` / ``final_privileged`` (cpo/runner.py), truncated steps
+privileged observation through its own normaliser (cpo/models/stacked.py), as the ensemble's does; the
+runner's rollout stores ``privileged`` / ``final_privileged`` (cpo/runners/runner.py), truncated steps
 bootstrap from V(final_privileged), exploit copies the critic and ``priv_rms`` with the rest, and
 :func:`member_policy` still acts from policy observations only.
 """
@@ -47,13 +47,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from cpo import checkpoint as ckpt
-from cpo import losses
-from cpo.config import PBT_HYPERPARAMS, ConfigError, PBTConfig, TrainConfig, pbt_range
-from cpo.nets import gaussian_entropy, gaussian_log_prob
-from cpo.rollout import Rollout, gae
-from cpo.runner import Runner, check_privileged_critic
-from cpo.stacked import (StackedActorCritic, StackedAdam, StackedLinear, clip_grad_norm_per_member,
+from cpo.utils import checkpoint as ckpt
+from cpo.algo import losses
+from cpo.utils.config import PBT_HYPERPARAMS, ConfigError, PBTConfig, TrainConfig, pbt_range
+from cpo.models.ensemble import gaussian_entropy, gaussian_log_prob
+from cpo.algo.rollout import Rollout, gae
+from cpo.runners.runner import Runner, check_privileged_critic
+from cpo.models.stacked import (StackedActorCritic, StackedAdam, StackedLinear, clip_grad_norm_per_member,
                          from_members, to_members)
 
 #: every per-member hyperparameter (evolved or not), in a fixed order
@@ -158,13 +158,13 @@ def initial_hyperparameters(cfg: TrainConfig, gids: Sequence[int]) -> Dict[str, 
 
 
 def member_policy(cfg: TrainConfig, model: StackedActorCritic, p: int):
-    """Member ``p`` as a one-policy :class:`cpo.nets.EnsembleActorCritic` (latent_dim 0) holding
-    its weights, log-std and normalisers: the network cpo.evaluation evaluates and exports. An
+    """Member ``p`` as a one-policy :class:`cpo.models.ensemble.EnsembleActorCritic` (latent_dim 0) holding
+    its weights, log-std and normalisers: the network cpo.tools.evaluation evaluates and exports. An
     asymmetric member keeps its privileged critic and ``priv_rms`` (so ``value`` reads
     privileged observations); acting, evaluation and export read policy observations only."""
     import copy
 
-    from cpo.runner import build_model
+    from cpo.runners.runner import build_model
 
     one = copy.deepcopy(cfg)
     one.algo.num_policies, one.algo.latent_dim = 1, 0
@@ -172,7 +172,7 @@ def member_policy(cfg: TrainConfig, model: StackedActorCritic, p: int):
     src: Dict[str, torch.Tensor] = {}
     for name, mod in model.named_modules():
         if isinstance(mod, StackedLinear):
-            # same Sequential indices as cpo.nets.mlp; the heads are one-layer Sequentials there
+            # same Sequential indices as cpo.models.ensemble.mlp; the heads are one-layer Sequentials there
             key = {"mu_head": "mu_head.0", "value_head": "value_head.0"}.get(
                 name, name.replace("actor.", "actor_trunk.", 1))
             src[key + ".weight"] = mod.weight[p].t()  # [in, out] -> nn.Linear's [out, in]
@@ -195,7 +195,7 @@ def checkpoint_policy(payload: Dict[str, Any], cfg: TrainConfig, obs_dim: int, a
                       member: Optional[int] = None) -> Tuple[Any, int]:
     """(one-policy network, global member id) from a PBT checkpoint ``payload``: ``member`` by
     global id, or by default the member with the best score in the checkpoint's windows (for
-    cpo.evaluation, which evaluates and exports policy 0 of a network). The privileged critic's
+    cpo.tools.evaluation, which evaluates and exports policy 0 of a network). The privileged critic's
     input size of an asymmetric run is read from the stored ``priv_rms`` statistics."""
     P = cfg.pbt.population
     gids = [int(g) for g in payload["learner"]["gids"]]
@@ -221,7 +221,7 @@ def checkpoint_policy(payload: Dict[str, Any], cfg: TrainConfig, obs_dim: int, a
 class SharedDir:
     """The files through which the worker processes of one population exchange members.
 
-    ``worker_<w>.pt`` is written atomically (cpo.checkpoint.save) and read weights-only;
+    ``worker_<w>.pt`` is written atomically (cpo.utils.checkpoint.save) and read weights-only;
     a worker only ever writes its own file.
     """
 
@@ -542,7 +542,7 @@ class PBTLearner:
 
 # ---------------------------------------------------------------------------- the runner
 class PBTRunner(Runner):
-    """The training loop of :class:`cpo.runner.Runner` (collect, NaN guard, checkpoints,
+    """The training loop of :class:`cpo.runners.runner.Runner` (collect, NaN guard, checkpoints,
     signals, TensorBoard) with a stacked population and exploit/explore rounds.
 
     TensorBoard: ``pbt/member_<g>/`` per member (global id g): ``ep_return``, ``ep_len`` and the

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from cpo import checkpoint as ckpt
-from cpo.config import TrainConfig
+from cpo.utils import checkpoint as ckpt
+from cpo.utils.config import TrainConfig
 
 
 
@@ -42,7 +42,7 @@ def find_checkpoint(run_dir: str, which: str = "best") -> str:
 
 
 def is_pbt(cfg: TrainConfig) -> bool:
-    """True for a PBT run (``pbt.population > 0``, what selects cpo.pbt's runner): its
+    """True for a PBT run (``pbt.population > 0``, what selects cpo.runners.pbt's runner): its
     checkpoints hold a stacked population, not one ensemble network."""
     return int(cfg.pbt.population) > 0
 
@@ -82,14 +82,14 @@ def select_policy(path: str, device: Any = "cpu", policy: Optional[int] = None) 
     """Rebuild the network of checkpoint ``path`` and pick the policy to run.
 
     Ensembles (ppo/sapg/cpo): ``policy`` is the ensemble index, 0..algo.num_policies-1
-    (default 0). PBT (cpo/pbt.py): ``policy`` is a member's global id (default: the member
+    (default 0). PBT (cpo/runners/pbt.py): ``policy`` is a member's global id (default: the member
     with the best windowed score in the checkpoint), returned as a one-policy network
-    (cpo.pbt.checkpoint_policy). A policy the checkpoint does not hold raises ValueError
+    (cpo.runners.pbt.checkpoint_policy). A policy the checkpoint does not hold raises ValueError
     naming the ones it does.
     """
     payload, cfg, (obs_dim, act_dim, priv_dim) = _read(path, device)
     if is_pbt(cfg):
-        from cpo.pbt import checkpoint_policy
+        from cpo.runners.pbt import checkpoint_policy
 
         gids = [int(g) for g in payload["learner"]["gids"]]
         if policy is not None and int(policy) not in gids:
@@ -107,7 +107,7 @@ def select_policy(path: str, device: Any = "cpu", policy: Optional[int] = None) 
     if not 0 <= index < M:
         raise ValueError(f"policy={policy}: this checkpoint holds policies 0..{M - 1} "
                          f"(algo.num_policies={M})")
-    from cpo.runner import build_model
+    from cpo.runners.runner import build_model
 
     # an asymmetric critic's input size is part of the checkpoint (only the actor is used here)
     model = build_model(cfg, obs_dim, act_dim, priv_dim).to(device)

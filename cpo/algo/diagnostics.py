@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from cpo.losses import gaussian_kl
+from cpo.algo.losses import gaussian_kl
 
 
 def relative_ess(log_rho: torch.Tensor, dim: int = -1) -> torch.Tensor:

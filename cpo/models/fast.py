@@ -2,7 +2,7 @@
 policy step, fused Adam.
 
 Every path computes the same function as the eager default: the compiled or captured unit
-is a pure function of its tensor inputs (:meth:`cpo.nets.EnsembleActorCritic.policy_step`
+is a pure function of its tensor inputs (:meth:`cpo.models.ensemble.EnsembleActorCritic.policy_step`
 takes the exploration noise as an input, so no random generator lives inside it), and the
 parameters, normaliser statistics and latents it reads are updated in place by the optimiser
 and by ``RunningMeanStd.update``, so a captured graph always sees their current values.
@@ -10,7 +10,7 @@ and by ``RunningMeanStd.update``, so a captured graph always sees their current 
 
 What is covered: the feed-forward rollout step (``policy``; with an asymmetric critic the
 privileged observation is its fourth input; PBT's stacked step too), the minibatch forward of the
-update (``update``: the whole minibatch loss, ``cpo.learner.minibatch_loss`` — heads forward
+update (``update``: the whole minibatch loss, ``cpo.algo.learner.minibatch_loss`` — heads forward
 and every loss term, whose backward AOTAutograd compiles with them), the Adam step
 (``fused_adam``), and the whole minibatch step (``perf.update_step``: forward, backward,
 gradient clip, Adam, the KL reference refresh, the per-minibatch LR rule and the statistics,
@@ -25,8 +25,8 @@ from typing import Any, Callable, Optional, Tuple
 
 import torch
 
-from cpo.config import PerfConfig
-from cpo.nets import EnsembleActorCritic
+from cpo.utils.config import PerfConfig
+from cpo.models.ensemble import EnsembleActorCritic
 
 StepOut = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -103,14 +103,14 @@ class GraphedStep:
 
 
 class WholeStep:
-    """``perf.update_step``: :meth:`cpo.learner.Learner.minibatch_step` (forward, backward,
+    """``perf.update_step``: :meth:`cpo.algo.learner.Learner.minibatch_step` (forward, backward,
     clip, Adam, KL reference refresh, statistics) for minibatches of one shape, as one compiled
     function (``compile``: torch.compile with compiled autograd, so the backward and the
     optimiser step are traced too) or one CUDA graph (``cuda_graph``: captured after two eager
     warm-up steps, then replayed with the minibatch's row indices copied into a static buffer;
     the optimiser is built with ``capturable=True``). The shape of the first feed-forward
     minibatch is the one handled; any other shape, and LSTM minibatches, return False and run
-    eagerly. Needs one process, no fp16 loss scaling (validated in cpo/config.py)."""
+    eagerly. Needs one process, no fp16 loss scaling (validated in cpo/utils/config.py)."""
 
     #: eager steps before a CUDA graph is captured (optimiser state, cuBLAS workspaces)
     WARMUP = 2
@@ -135,7 +135,7 @@ class WholeStep:
         self.learner.minibatch_step(st, idx, None, k)
 
     def load(self, st: Any) -> Any:
-        """The iteration's :class:`cpo.learner.UpdateState`: for a CUDA graph, copied into the
+        """The iteration's :class:`cpo.algo.learner.UpdateState`: for a CUDA graph, copied into the
         static buffers it was captured with (allocated on first use; a change of shapes
         drops the graph); as it is otherwise."""
         if self.mode != "cuda_graph":
@@ -203,14 +203,10 @@ def _clone_static(st: Any) -> Any:
     """A copy of an UpdateState whose tensors are new, contiguous static buffers."""
     import dataclasses
 
-    def clone(x: Any) -> Any:
-        if isinstance(x, torch.Tensor):
-            return x.detach().clone().contiguous()
-        if isinstance(x, dict):
-            return {k: clone(v) for k, v in x.items()}
-        return x
+    from cpo.utils.tree import map_tensors
 
-    return dataclasses.replace(st, **{f.name: clone(getattr(st, f.name)) for f in dataclasses.fields(st)})
+    clone = lambda t: t.detach().clone().contiguous()  # noqa: E731
+    return dataclasses.replace(st, **{f.name: map_tensors(getattr(st, f.name), clone) for f in dataclasses.fields(st)})
 
 
 def _copy_into(dst: Any, src: Any) -> None:

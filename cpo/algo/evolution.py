@@ -4,7 +4,7 @@ leader-follower learner.
 The method, as the authors' code (YifanSu1301/EPO, a fork of the SAPG code) runs it:
 
 * a population of M agents, each a learned latent "gene" phi_m conditioning one shared
-  actor-critic, each with its own log-std: exactly our ensemble (cpo/nets.py);
+  actor-critic, each with its own log-std: exactly our ensemble (cpo/models/ensemble.py);
 * a master agent trained on its own on-policy data plus one follower block per iteration
   relabelled with its latent, importance-sampled and clipped (SAPG): our leader, block 0, with
   ``offpolicy_blocks: 1``; every other agent runs PPO on its own data, with SAPG's per-agent
@@ -45,7 +45,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from cpo.config import EvoConfig
+from cpo.utils.config import EvoConfig
 
 
 def select(fitness: torch.Tensor, eligible: torch.Tensor, num_parents: int, num_replace: int,
@@ -116,7 +116,7 @@ class Evolution:
         """Add an iteration's per-block episode sums (``sums[key]``, ``sums["count"]``, as
         collect() returns them) to the window."""
         if self.key not in sums:
-            from cpo.config import ConfigError
+            from cpo.utils.config import ConfigError
 
             raise ConfigError(f"evo.fitness={self.cfg.fitness}: this env logs no {self.key!r} per episode; "
                               "use evo.fitness=return")
