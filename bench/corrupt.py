@@ -40,11 +40,17 @@ class Foreign:
 
 def data_spans(path: str) -> List[range]:
     """Byte ranges of the tensor records inside the checkpoint's zip."""
+    import struct
+
+    raw = open(path, "rb").read()
     spans = []
     with zipfile.ZipFile(path) as z:
         for info in z.infolist():
             if "/data/" in info.filename and info.file_size:
-                start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+                # the local header's own name and extra lengths (torch pads the local extra field
+                # for alignment, so the central directory's differs)
+                name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])
+                start = info.header_offset + 30 + name_len + extra_len
                 spans.append(range(start, start + info.file_size))
     return spans
 
@@ -95,9 +101,9 @@ def main() -> None:
     args = p.parse_args()
     import torch
 
-    from cpo.utils import checkpoint as ckpt
     from cpo.api import compose
     from cpo.app import run
+    from cpo.utils import checkpoint as ckpt
 
     torch.set_num_threads(1)
     work = tempfile.mkdtemp(prefix="corrupt_")
