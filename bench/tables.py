@@ -58,7 +58,9 @@ def load(name: str) -> Optional[Dict[str, Any]]:
 # ---- one function per table ----------------------------------------------------------------
 OVERHEAD_LABELS = {"ppo": "PPO", "sapg": "SAPG (1 off-policy block)",
                    "cpo": "CPO (coupling on all leader rows)",
-                   "cpo_cf02": "CPO, `algo.coupling_fraction=0.2`"}
+                   "cpo_cf02": "CPO, `algo.coupling_fraction=0.2`",
+                   "ppo_step": "PPO, `perf.update_step=compile`", "sapg_step": "SAPG, `perf.update_step=compile`",
+                   "cpo_step": "CPO, `perf.update_step=compile`"}
 
 
 def overhead(d: Dict[str, Any]) -> str:
@@ -67,10 +69,13 @@ def overhead(d: Dict[str, Any]) -> str:
     base = v["ppo"]
     rows = []
     for name, r in v.items():
+        rows_ratio = r["rows_per_iteration"] / base["rows_per_iteration"]
+        upd = r["update_s"] / base["update_s"]
         rows.append([OVERHEAD_LABELS.get(name, f"`{name}`"), count(r["rows_per_iteration"]),
-                     f"{1e3 * r['iter_s']:.0f}", ratio(r["iter_s"] / base["iter_s"]),
-                     ratio(r["update_s"] / base["update_s"])])
-    return table(["variant", "rows per iteration", "iteration (ms)", "iteration / PPO", "update / PPO"], rows)
+                     f"{1e3 * r['iter_s']:.0f}", ratio(r["iter_s"] / base["iter_s"]), ratio(upd),
+                     ratio(upd / rows_ratio)])
+    return table(["variant", "rows per iteration", "iteration (ms)", "iteration / PPO", "update / PPO",
+                  "update per row / PPO's"], rows)
 
 
 UPDATE_LABELS = {"eager_fp32": "eager fp32", "eager_bf16": "eager bf16 (`algo.mixed_precision=bf16`)",

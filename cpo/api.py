@@ -89,9 +89,12 @@ def train(overrides: Sequence[str] = (), run_dir: Optional[str] = None) -> Train
 
     from cpo.app import to_train_config
 
+    from cpo.app import resume_target
+
     tcfg, hydra_dir = compose(overrides)
-    resumed = bool(tcfg.resume) and tcfg.resume != "auto"
-    target = os.path.abspath(tcfg.resume if resumed else (run_dir or hydra_dir))
+    resumed = tcfg.resume is not None and tcfg.resume != "auto"
+    # resume=<dir> or resume=<dir>/checkpoints/<file>: the run directory either way
+    target = os.path.abspath(resume_target(tcfg.resume)[0] if resumed else (run_dir or hydra_dir))
     stats = run(tcfg, run_dir=target, overrides=list(overrides))
     final_dir = os.path.abspath(tcfg.run_dir) if tcfg.run_dir and not resumed else target
     # the config the run really used (a resume continues its stored one)
@@ -154,10 +157,7 @@ class Policy:
         from cpo.tools.evaluation import export
 
         meta = {"algo": self.cfg.algo.name, "env": self.cfg.env.name, "checkpoint": self.checkpoint}
-        model = self.model
-        out = export(model, path, self.index, meta)
-        model.to(self._device)  # export moves a copy's parameters to the CPU
-        return out
+        return export(self.model, path, self.index, meta)  # (exports a CPU copy)
 
 
 def load_policy(run: str, checkpoint: str = "best", policy: Optional[int] = None,

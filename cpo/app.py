@@ -295,8 +295,8 @@ def precheck(args: Sequence[str]) -> None:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    if any(a.split("=", 1)[0] in _PRECHECK_SKIP for a in args):
-        return
+    if any(a.split("=", 1)[0] in _PRECHECK_SKIP or a.lstrip("+").startswith("hydra.mode=") for a in args):
+        return  # flags that print, another primary config, or a sweep (validated per job)
     dirs: List[str] = []
     overrides: List[str] = []
     it = iter(args)
@@ -395,6 +395,14 @@ def resume_config(run_dir: str, overrides: Sequence[str]) -> Tuple[TrainConfig, 
     if path is None:
         raise ConfigError(f"resume={run_dir!r}: no loadable checkpoint in {run_dir}/checkpoints")
     payload = ckpt.load(path)  # an explicitly named damaged file is refused here
+    if named:
+        newer = [p for p in ckpt.list_checkpoints(run_dir)
+                 if ckpt.checkpoint_iteration(p) > int(payload["runner"]["iteration"])]
+        if newer:
+            raise ConfigError(f"resume={named!r}: {run_dir} already holds checkpoints past it ({newer[-1]}); "
+                              "continuing from an older file would mix two histories in one run (the periodic "
+                              "pruning would delete the new ones). Copy the run directory without the newer "
+                              "checkpoints, or resume the newest")
     cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.create(payload["config"]))
     changes: List[str] = []
     for ov in overrides:
@@ -473,7 +481,8 @@ def _run(tcfg: TrainConfig, run_dir: Optional[str], overrides: Sequence[str], di
         tcfg, resume_from = resume_config(tcfg.resume, overrides)
         run_dir = tcfg.resume
     validate(tcfg)
-    run_dir = tcfg.run_dir or run_dir or os.getcwd()
+    if not resume_from:  # a resume works where its checkpoints are (even if the run was copied)
+        run_dir = tcfg.run_dir or run_dir or os.getcwd()
     # one training process per run directory: rank 0 holds the lock until this process ends
     lock = claim_run_dir(run_dir) if dist.is_main else None
     try:
@@ -496,6 +505,8 @@ def _run(tcfg: TrainConfig, run_dir: Optional[str], overrides: Sequence[str], di
 
             runner_cls = PBTRunner
         runner = runner_cls(tcfg, run_dir, resume_from=resume_from, config_yaml=text)
+        global _TRAINING_STARTED
+        _TRAINING_STARTED = True
         return runner.train()
     finally:
         if lock is not None:
@@ -540,6 +551,9 @@ def main_entry(cfg: Any) -> Optional[float]:
         discard_unused_run_dir(out_dir)
         print(f"config error: {err}", file=sys.stderr)
         sys.exit(2)
+    except ckpt.RunLocked as err:  # another process's run: its directory is not ours to clean
+        print(f"checkpoint error: {err}", file=sys.stderr)
+        sys.exit(2)
     except ckpt.CheckpointError as err:
         discard_unused_run_dir(out_dir)
         print(f"checkpoint error: {err}", file=sys.stderr)
@@ -552,6 +566,8 @@ def main_entry(cfg: Any) -> Optional[float]:
 
 #: when this process imported cpo.app (train.py does so before Hydra creates a run directory)
 _STARTED = __import__("time").time()
+#: set once a Runner starts training: later failures keep the run directory
+_TRAINING_STARTED = False
 #: what a run directory holds before training wrote anything of its own
 _SCAFFOLD = {".hydra", "train.log", ".lock", "checkpoints", "resolved_config.yaml"}
 
@@ -563,6 +579,8 @@ def discard_unused_run_dir(run_dir: str) -> bool:
     that existed before this process started, or holds events or checkpoints, is kept."""
     import shutil
 
+    if _TRAINING_STARTED:  # a failure during training: its logs and .hydra/ stay
+        return False
     try:
         if not os.path.isdir(run_dir) or os.stat(run_dir).st_ctime < _STARTED - 1.0:
             return False
@@ -570,10 +588,12 @@ def discard_unused_run_dir(run_dir: str) -> bool:
         ckpts = os.path.join(run_dir, "checkpoints")
         if not names <= _SCAFFOLD or (os.path.isdir(ckpts) and os.listdir(ckpts)):
             return False
+        try:  # a directory another live process holds is never removed
+            lock = ckpt.RunLock(run_dir).acquire()
+        except ckpt.RunLocked:
+            return False
+        lock.release()
         shutil.rmtree(run_dir)
-        parent = os.path.dirname(os.path.normpath(run_dir))  # outputs/<algo>_<env>/ if now empty
-        if os.path.isdir(parent) and not os.listdir(parent) and os.stat(parent).st_ctime >= _STARTED - 1.0:
-            os.rmdir(parent)
         return True
     except OSError:
         return False

@@ -253,7 +253,8 @@ def _rules() -> List[Rule]:
         R("env.params.goal_radius", "float", lambda v, c: 0 < v <= 0.5, ("must be > 0.0", "must be <= 0.5")),
         R("env.params.goal_reward", "float", lambda v, c: _pos(v), ("must be > 0.0", "must be a finite number")),
         R("env.params.action_cost", "float", lambda v, c: _nonneg(v), ("must be >= 0.0", "must be a finite number")),
-        R("perf.update_step", "str", lambda v, c: v == "eager" or v == "compile" or (v == "cuda_graph" and c.device != "cpu"),
+        R("perf.update_step", "str", lambda v, c: v in ("eager", "compile") or (
+            v == "cuda_graph" and c.device != "cpu" and (c.device != "auto" or _cuda())),
           ("must be eager, compile or cuda_graph", "needs a CUDA device"), words=("eager", "compile", "cuda_graph")),
         # ---- evo (EPO; base: the default cpo with evolution switched on below where needed)
         R("evo.interval_steps", "int", lambda v, c: v >= 0, GE0, examples=(0, 1, 384000, -1)),
@@ -301,7 +302,7 @@ def _rules() -> List[Rule]:
         R("algo.num_policies", "int", lambda v, c: v == 1,
           GE1 + ("is not divisible by algo.num_policies", "must be 1 with PBT"), base="pbt"),
         R("perf.update_step", "str", lambda v, c: v == "eager",
-          ("must be eager, compile or cuda_graph", "must be eager with PBT"), base="pbt",
+          ("must be eager, compile or cuda_graph", "must be eager with PBT", "needs a CUDA device"), base="pbt",
           words=("eager", "compile", "cuda_graph")),
         R("algo.lr_schedule", "str", lambda v, c: v == "fixed",
           ("must be adaptive, fixed or linear", "must be fixed with PBT"), base="pbt",

@@ -42,10 +42,11 @@ def test_crossover_and_mutation_by_hand():
     assert torch.allclose(got, child + 0.5 * sigma * eps)
 
 
-def test_replace_rows_keeps_the_parameter_and_zeroes_its_adam_rows():
-    """In-place write: the same Parameter object (Adam still owns it), the rows' Adam
-    moments zero, other rows' moments untouched, and the latents keep learning afterwards
-    (the authors' code swapped the object, and no latent was trained again)."""
+def test_replace_rows_keeps_the_parameter_and_sets_its_adam_rows():
+    """In-place write: the same Parameter object (Adam still owns it), the rows' Adam moments
+    the mean of the parents' (zero without parents), other rows' moments untouched, and the
+    latents keep learning afterwards (the authors' code swapped the object, and no latent was
+    trained again)."""
     m = EnsembleActorCritic(3, 2, 4, latent_dim=5, actor_hidden=[8], critic_hidden=[8])
     opt = torch.optim.Adam(m.parameters(), lr=1e-2)
     lat = m.latents
@@ -55,11 +56,14 @@ def test_replace_rows_keeps_the_parameter_and_zeroes_its_adam_rows():
         (mu.pow(2).sum() + v.pow(2).sum()).backward()
         opt.step()
     before = {k: t.clone() for k, t in opt.state[lat].items() if torch.is_tensor(t)}
-    replace_rows(lat, opt, [1, 3], torch.full((2, 5), 7.0))
+    replace_rows(lat, opt, [1, 3], torch.full((2, 5), 7.0), parents=[0, 2])
     assert m.latents is lat and torch.equal(lat[1], torch.full((5,), 7.0)) and torch.equal(lat[3], lat[1])
     for key in ("exp_avg", "exp_avg_sq"):
-        assert torch.all(opt.state[lat][key][[1, 3]] == 0)
+        want = before[key][[0, 2]].mean(0)
+        assert torch.allclose(opt.state[lat][key][1], want) and torch.allclose(opt.state[lat][key][3], want)
         assert torch.equal(opt.state[lat][key][[0, 2]], before[key][[0, 2]])
+    replace_rows(lat, opt, [2], torch.zeros(1, 5))  # no parents: zero moments
+    assert all(torch.all(opt.state[lat][key][2] == 0) for key in ("exp_avg", "exp_avg_sq"))
     snapshot = lat.detach().clone()
     opt.zero_grad()
     mu, _, v = m(torch.randn(16, 3), torch.arange(16) % 4)

@@ -113,9 +113,12 @@ def test_resume_refuses_empty_value_and_a_finished_budget(tmp_path):
         resume_config("", [])
     with pytest.raises(ConfigError, match=r"max_iterations=2: .* is already at iteration 3"):
         resume_config(run_dir, ["max_iterations=2"])
-    file = ckpt.list_checkpoints(run_dir)[-2]
+    file = ckpt.list_checkpoints(run_dir)[-1]
     cfg, path = resume_config(file, ["max_iterations=4"])
     assert path == file and cfg.resume == run_dir
+    older = ckpt.list_checkpoints(run_dir)[-2]  # newer checkpoints exist: two histories would mix
+    with pytest.raises(ConfigError, match=r"already holds checkpoints past it .*ckpt_000003.pt"):
+        resume_config(older, ["max_iterations=4"])
 
 
 # ---- one process per run directory ----------------------------------------------------------

@@ -26,9 +26,10 @@ choices are ours where the authors' code is silent or defective, and each is a c
   of ``mutation_std`` times the population's per-dimension latent std (the authors: none; the
   paper's text and a third-party reimplementation mention Gaussian mutation), drawn from this
   module's own seeded generator;
-* replacement writes the rows in place and zeroes their Adam moments, so the latents stay
-  trained by gradient afterwards (the authors' code swaps the parameter object, which detaches
-  every latent from Adam from the first event on); the child keeps its own log-std
+* replacement writes the rows in place and gives them their parents' mean Adam moments, so
+  the latents stay trained by gradient afterwards at the parents' step sizes (the authors'
+  code swaps the parameter object, which detaches every latent from Adam from the first event
+  on; zeroed moments would make the child's steps ~3x larger for hundreds of steps); the child keeps its own log-std
   (``child_log_std=keep``, the authors') or takes its parents' mean (``parents``); its LSTM
   state is zeroed (the runner does that); normalisers are shared and untouched;
 * timing: after the update of the iteration in which the env-step count passes the next event
@@ -84,15 +85,22 @@ def mutate(child: torch.Tensor, population: torch.Tensor, std: float, gen: torch
 
 @torch.no_grad()
 def replace_rows(param: torch.nn.Parameter, optimizer: torch.optim.Optimizer, rows: List[int],
-                 values: torch.Tensor) -> None:
-    """Write ``values [len(rows), ...]`` into ``param[rows]`` in place and zero those rows'
-    Adam moments (the parameter object, and so the optimiser's and any compiled graph's
-    reference to it, stays the same)."""
+                 values: torch.Tensor, parents: Optional[List[int]] = None) -> None:
+    """Write ``values [len(rows), ...]`` into ``param[rows]`` in place (the parameter object,
+    and so the optimiser's and any compiled graph's reference to it, stays the same) and give
+    those rows the mean Adam moments of the ``parents`` rows (zero without parents). Zeroed
+    moments would make the child's next steps m/sqrt(v) ~ (1 - b1) / sqrt(1 - b2) ~ 3x larger
+    than its parents' for hundreds of steps; the parents' moments match its parameters."""
     idx = torch.tensor(rows, dtype=torch.long, device=param.device)
     param.data.index_copy_(0, idx, values.to(param.dtype))
     state = optimizer.state.get(param, {})
     for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
-        if key in state:
+        if key not in state:
+            continue
+        if parents:
+            mean = state[key][parents].mean(0, keepdim=True)
+            state[key].index_copy_(0, idx, mean.expand(len(rows), *mean.shape[1:]).contiguous())
+        else:
             state[key].index_fill_(0, idx, 0.0)
 
 
@@ -157,10 +165,10 @@ class Evolution:
             latents = model.latents
             child = crossover(latents, parents)
             children = torch.stack([mutate(child, latents, cfg.mutation_std, self.gen) for _ in victims])
-            replace_rows(latents, optimizer, victims, children)
+            replace_rows(latents, optimizer, victims, children, parents)
             if cfg.child_log_std == "parents":
                 ls = model.log_std[parents].mean(0)
-                replace_rows(model.log_std, optimizer, victims, ls.expand(len(victims), -1))
+                replace_rows(model.log_std, optimizer, victims, ls.expand(len(victims), -1), parents)
             record["parents"], record["victims"] = parents, victims
         self.events += 1
         self.next_event = max(self.next_event + int(cfg.interval_steps), env_steps + 1)

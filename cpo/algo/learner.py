@@ -374,7 +374,7 @@ class Learner:
                     self.lr.copy_(adaptive_lr(self.lr, kl, cfg.kl_threshold, cfg.lr_min, cfg.lr_max))
         steps = st.step.clamp(min=1).float()
         with torch.no_grad():  # a parameter the steps left non-finite (e.g. an overflowing update)
-            params_ok = torch.stack([p.detach().abs().amax().isfinite() for p in model.parameters()]).all()
+            params_ok = torch.stack([torch.isfinite(p.detach()).all() for p in model.parameters()]).all()
             bad_step = torch.where((st.bad_code == 0) & ~params_ok, st.step - 1, st.bad_step)
             bad_code = torch.where((st.bad_code == 0) & ~params_ok, 3, st.bad_code)
         out = {k: v / steps for k, v in st.stats.items()}
@@ -440,12 +440,15 @@ class Learner:
             self.optimizer.zero_grad(set_to_none=True)  # (a captured graph overwrites its gradients)
         if self.scaler is not None:  # fp16: scale the loss so small gradients survive
             self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
         else:
             loss.backward()
         mb_kl, mb_rows = terms.pop("kl_sum"), terms.pop("kl_rows")
         # torchrun: gradients averaged over ranks in one bucket that also sums the KL parts
+        # (fp16: the scaled gradients, so that an overflow on any rank is seen by every rank's
+        # unscale_ below and all ranks skip the step together)
         mb_kl, mb_rows = self.dist.sync_grads(model.parameters(), (mb_kl, mb_rows))
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
         if self.scaler is not None:  # skips the step (and lowers the scale) on inf gradients
             self.scaler.step(self.optimizer)
@@ -468,7 +471,8 @@ class Learner:
                 # rl_games' legacy rule (the authors' Humanoid and Anymal runs)
                 kl_mb = mb_kl / mb_rows.clamp(min=1.0)
                 self.lr.copy_(adaptive_lr(self.lr, kl_mb, cfg.kl_threshold, cfg.lr_min, cfg.lr_max))
-            terms["grad_norm"] = grad_norm
+            # (an fp16 step the scaler skipped has an inf norm: it does not enter the mean)
+            terms["grad_norm"] = torch.where(torch.isfinite(grad_norm), grad_norm, torch.zeros_like(grad_norm))
             for key, val in terms.items():
                 st.stats[key] += val.detach().float()
             st.step += 1
@@ -562,9 +566,18 @@ class Learner:
     def load_state_dict(self, sd: Dict[str, object]) -> None:
         """Restore :meth:`state_dict`."""
         self.optimizer.load_state_dict(sd["optimizer"])
-        self.lr.copy_(sd["lr"])
+        # the stored LR, within the (possibly lowered, see RESUMABLE_KEYS) bounds of this run
+        self.lr.copy_(sd["lr"].clamp(self.cfg.lr_min, self.cfg.lr_max))
+        graphed = self.whole_step is not None and self.whole_step.mode == "cuda_graph"
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
+            # the checkpoint's flag is the run's that wrote it: a CUDA graph needs capturable
+            # Adam, whose step counters live on the device
+            group["capturable"] = graphed
+            for p in group["params"]:
+                st = self.optimizer.state.get(p, {})
+                if graphed and torch.is_tensor(st.get("step")):
+                    st["step"] = st["step"].to(device=p.device, dtype=torch.float32)
         self.beta.copy_(sd["beta"])
         self.gen.set_state(sd["gen"])
         self.iteration = int(sd["iteration"])

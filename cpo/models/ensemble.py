@@ -245,6 +245,10 @@ class EnsembleActorCritic(nn.Module):
         backward is a plain sum instead of an embedding-gradient scatter)."""
         if self.num_policies == 1:
             return self.log_std[0].expand(pol.shape[0], self.act_dim)
+        if pol.dim() == 2:  # one-hot rows: a GEMM, kept in fp32 (under autocast it would round
+            # log sigma to bf16 and move every log-prob, hence every PPO ratio, by up to ~20 %)
+            with torch.autocast(device_type=pol.device.type, enabled=False):
+                return pol.float() @ self.log_std.float()
         return per_row(self.log_std, pol)
 
     def value_base(self, base: torch.Tensor, pol: torch.Tensor) -> torch.Tensor:

@@ -586,7 +586,7 @@ class PBTRunner(Runner):
         stats = L.update(batch)
         with torch.no_grad():  # a non-finite loss or parameter: restore, save last_good.pt, stop
             loss_ok = torch.isfinite(torch.stack([stats["policy"].sum(), stats["value"].sum()])).all()
-            params_ok = torch.stack([p.detach().abs().amax().isfinite() for p in self.model.parameters()]).all()
+            params_ok = torch.stack([torch.isfinite(p.detach()).all() for p in self.model.parameters()]).all()
         if not bool(loss_ok & params_ok):
             self._stop_nonfinite(good, snapshot, 1 if not bool(loss_ok) else 3, 0, 0)
         if cfg.net.normalize_obs:  # once per rollout, raw observations, each member its own block

@@ -51,7 +51,8 @@ class RunState:
                       f"(gradient step {step + 1} of {steps})")
         raise NonFiniteError(
             f"non-finite {quantity} {where}; the state from the start of the iteration is saved to "
-            f"{path} (resume={self.run_dir} continues from it)")
+            f"{path} (resume={self.run_dir} continues from it; a smaller step, e.g. algo.lr_max=<lower> or "
+            "algo.max_grad_norm=<lower>, may change on resume)")
 
     def _maybe_save_best(self, out: Dict[str, float]) -> None:
         ret = out.get("rollout/ep_return")

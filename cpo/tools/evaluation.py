@@ -223,6 +223,13 @@ class ExportedPolicy(nn.Module):
         return self._act(out.squeeze(0)), h2.squeeze(0), c2.squeeze(0)
 
 
+def _cpu_copy(model: Any) -> Any:
+    """A CPU copy of ``model`` (export runs on the CPU; the caller's model stays on its device)."""
+    import copy
+
+    return copy.deepcopy(model).cpu()
+
+
 class _RecurrentStep(nn.Module):
     """:meth:`ExportedPolicy.step` as ``forward`` (what ONNX export traces)."""
 
@@ -255,7 +262,7 @@ def export_onnx(model, path: str, policy: int = 0, metadata: Optional[Dict[str, 
     falls back to the TorchScript-based one on torches that lack it."""
     import onnx
 
-    base = ExportedPolicy(model.cpu(), policy).eval()
+    base = ExportedPolicy(_cpu_copy(model), policy).eval()
     B = 2  # an example batch of 2, so that no exporter specialises the batch axis to 1
     if model.is_recurrent:
         module: nn.Module = _RecurrentStep(base).eval()
@@ -278,9 +285,12 @@ def export_onnx(model, path: str, policy: int = 0, metadata: Optional[Dict[str, 
             torch.onnx.export(module, args, path, input_names=names_in, output_names=names_out,
                               dynamic_shapes=tuple({0: batch} for _ in names_in), dynamo=True,
                               external_data=False, verbose=False)
-        else:
+        else:  # the TorchScript-based exporter (newer torches need it asked for explicitly)
+            import inspect
+
+            legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
             torch.onnx.export(module, args, path, input_names=names_in, output_names=names_out,
-                              dynamic_axes={n: {0: "batch"} for n in names_in + names_out})
+                              dynamic_axes={n: {0: "batch"} for n in names_in + names_out}, **legacy)
     proto = onnx.load(path)
     props = {"producer": "cpo-trainer", "obs_dim": str(model.obs_dim), "act_dim": str(model.act_dim),
              "policy": str(policy), "rnn_hidden": str(model.rnn_hidden), **(metadata or {})}
@@ -313,7 +323,7 @@ def check_onnx(model, path: str, policy: int = 0, rows: int = 64, seed: int = 0)
     except ImportError:
         return None
     g = torch.Generator().manual_seed(seed)
-    base = ExportedPolicy(model.cpu(), policy).eval()
+    base = ExportedPolicy(_cpu_copy(model), policy).eval()
     obs = base.obs_mean + base.obs_std * torch.randn(rows, model.obs_dim, generator=g)
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     with torch.no_grad():
@@ -332,7 +342,7 @@ def export_torchscript(model, path: str, policy: int = 0) -> str:
     """Write the deterministic policy ``policy`` as TorchScript to ``path``; returns it.
     Recurrent policies are traced through :meth:`ExportedPolicy.step` (obs, h, c). torch
     2.13 deprecates TorchScript: :func:`export_onnx` is the documented path."""
-    module = ExportedPolicy(model.cpu(), policy).eval()
+    module = ExportedPolicy(_cpu_copy(model), policy).eval()
     example = torch.zeros(1, model.obs_dim)
     with torch.no_grad():
         if model.is_recurrent:

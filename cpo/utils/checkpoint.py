@@ -159,18 +159,30 @@ def list_checkpoints(run_dir: str) -> List[str]:
                   key=lambda f: int(_CKPT_RE.search(f).group(1)))
 
 
+def checkpoint_iteration(path: str) -> int:
+    """The iteration a periodic checkpoint holds, from its name ``ckpt_<iteration>.pt``."""
+    m = _CKPT_RE.search(path)
+    if m is None:
+        raise ValueError(f"{path!r} is not a periodic checkpoint (ckpt_<iteration>.pt)")
+    return int(m.group(1))
+
+
 def resumable(run_dir: str) -> List[str]:
-    """Checkpoints a resume may continue from, oldest first: the periodic ones, then
+    """Checkpoints a resume may continue from, oldest first: the periodic ones and
     ``last_good.pt`` (the state at the start of an iteration that met non-finite numbers),
-    ordered by the iteration stored in its name or, for last_good.pt, after every periodic
-    checkpoint that is not newer than its file."""
+    ordered by the iteration they hold (last_good.pt's is read from the file; an unreadable one
+    goes first, so that a readable periodic checkpoint is preferred; at equal iterations
+    last_good.pt comes last)."""
     periodic = list_checkpoints(run_dir)
     good = os.path.join(run_dir, "checkpoints", "last_good.pt")
-    if os.path.isfile(good):
-        older = [p for p in periodic if os.path.getmtime(p) <= os.path.getmtime(good)]
-        newer = [p for p in periodic if p not in older]
-        return older + [good] + newer
-    return periodic
+    if not os.path.isfile(good):
+        return periodic
+    try:
+        it_good = int(load(good)["runner"]["iteration"])
+    except (CheckpointError, KeyError, TypeError, ValueError):
+        return [good] + periodic
+    return ([p for p in periodic if checkpoint_iteration(p) <= it_good] + [good]
+            + [p for p in periodic if checkpoint_iteration(p) > it_good])
 
 
 def latest(run_dir: str, say: Any = None) -> Optional[str]:
@@ -234,7 +246,13 @@ class RunLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as err:
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                # a filesystem without flock (some NFS and Lustre mounts): run unlocked, say so
+                os.close(fd)
+                print(f"[cpo] cannot lock {self.path} ({err.strerror}); this filesystem has no flock, so "
+                      "a second run in the same directory would not be refused", file=sys.stderr)
+                return self
             holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
             os.close(fd)
             raise RunLocked(f"run directory {os.path.dirname(self.path)} is in use by another training "

@@ -367,9 +367,12 @@ class TrainConfig:
     evo: EvoConfig = field(default_factory=EvoConfig)
 
 
-#: keys a resumed run may change from the command line (everything else must match)
+#: keys a resumed run may change from the command line (everything else must match). The
+#: learning-rate bounds and the gradient clip are among them so that a run that stopped on a
+#: non-finite update can continue from last_good.pt with a smaller step (the stored learning
+#: rate is clamped into the new bounds); left unchanged, a resume is exact.
 RESUMABLE_KEYS = ("max_iterations", "device", "torch_threads", "resume", "run_dir", "log.", "perf.",
-                  "nonfinite", "nonfinite_check")
+                  "nonfinite", "nonfinite_check", "algo.lr_max", "algo.lr_min", "algo.max_grad_norm")
 
 
 def config_yaml(cfg: TrainConfig) -> str:
@@ -487,6 +490,9 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.perf.update_step != "eager":
         _check(cfg.perf.update_step != "cuda_graph" or cfg.device != "cpu", "perf.update_step",
                cfg.perf.update_step, "cuda_graph needs a CUDA device (device=cpu)")
+        if cfg.perf.update_step == "cuda_graph" and cfg.device == "auto":
+            _check(_cuda_available(), "perf.update_step", cfg.perf.update_step,
+                   "cuda_graph needs a CUDA device (device=auto and torch.cuda.is_available() is False)")
         _check(cfg.net.rnn_hidden == 0, "perf.update_step", cfg.perf.update_step,
                f"covers feed-forward models only (net.rnn_hidden={cfg.net.rnn_hidden})")
         _check(cfg.algo.mixed_precision != "fp16", "perf.update_step", cfg.perf.update_step,
@@ -644,7 +650,10 @@ def estimate_memory(cfg: TrainConfig, obs_dim: int = 1, act_dim: int = 1,
     start-of-iteration copy). Used to refuse sizes that cannot fit before anything is
     allocated (:func:`check_memory`)."""
     a, e, n = cfg.algo, cfg.env, cfg.net
-    N, T, M = float(e.num_envs), float(a.horizon), max(int(a.num_policies), 1)
+    from cpo.utils.distributed import world_size_from_env
+
+    # under torchrun each process holds env.num_envs / WORLD_SIZE envs and their rows
+    N, T, M = float(e.num_envs) / max(world_size_from_env(), 1), float(a.horizon), max(int(a.num_policies), 1)
     D, A, P = float(obs_dim), float(act_dim), float(privileged_dim)
     rows_onp = N * T
     # rollout storage: obs (T+1) and final obs, privileged likewise, actions and means, five
@@ -657,9 +666,10 @@ def estimate_memory(cfg: TrainConfig, obs_dim: int = 1, act_dim: int = 1,
     batch = (rows_onp + extra) * 8 * 12  # ~12 per-row fields of 8 bytes at most
     widths = list(n.actor_hidden) + (list(n.critic_hidden) if n.separate_critic else [])
     widths += [int(n.rnn_hidden)] * 4 if n.rnn_hidden else []
-    mb_rows = (rows_onp + extra) / max(int(a.num_minibatches), 1)
-    if n.rnn_hidden:  # the LSTM re-runs whole sequences of the minibatch's columns
-        mb_rows = max(mb_rows, rows_onp / max(int(a.num_minibatches), 1))
+    # size mode: minibatches of NT / num_minibatches rows (extra rows add minibatches); count
+    # mode and LSTM column groups: all rows split into num_minibatches
+    wide = a.minibatch_mode == "count" or n.rnn_hidden > 0
+    mb_rows = (rows_onp + (extra if wide else 0.0)) / max(int(a.num_minibatches), 1)
     activations = 4 * 3 * mb_rows * (sum(widths) + D + A)  # forward, saved tensors, gradients
     sizes_a = [D + a.latent_dim + (n.rnn_hidden or 0)] + list(n.actor_hidden) + [A]
     sizes_c = [(P or D) + a.latent_dim] + list(n.critic_hidden) + [1]
