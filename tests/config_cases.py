@@ -840,6 +840,8 @@ def group_case(d: Any) -> Case:
     k = d.integer(0, 3)
     if k == 0 and group != "experiment":  # experiment presets need Isaac Gym's 24576 envs: not here
         choice = d.pick(options)
+        if group == "env" and choice == "gymnasium":  # the generic preset needs the user's env id
+            return Case("group", raw=["env=gymnasium", "+env.params.id=HalfCheetah-v5"], valid=True)
         return Case("group", raw=[f"{group}={choice}"], valid=True)
     if k == 3:
         choice = "[" + d.pick(options) + "]"
