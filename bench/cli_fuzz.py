@@ -70,7 +70,20 @@ def from_case(d: Any) -> Try:
     name = case.values.get("env.name")
     if name is not None and name != "point_maze" and name in cc.ok_env_names():
         valid = False  # another task's preset would carry over: refused before Hydra
+    valid = valid and usable_device("device", case.values.get("device"))
     return Try("case", case.overrides(), valid)
+
+
+def usable_device(key: str, value: Any) -> bool:
+    """False for a ``device=cuda[:i]`` this machine lacks (valid for ``validate()`` anywhere,
+    refused by train.py here), True for anything else."""
+    if key != "device" or not str(value).startswith("cuda"):
+        return True
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = str(value).partition(":")[2]
+    return (int(index) if index.isdigit() else 0) < count
 
 
 def interpolation(d: Any) -> Try:
@@ -127,7 +140,7 @@ def user_yaml(d: Any) -> Try:
     for i, part in enumerate(parts[:-1]):
         text += "  " * i + f"{part}:\n"
     text += "  " * (len(parts) - 1) + f"{parts[-1]}: {cc.render(value) if not isinstance(value, str) else repr(value)}\n"
-    return Try("user_yaml", ["--config-dir", "{CONF}", "experiment=mine"], case.valid,
+    return Try("user_yaml", ["--config-dir", "{CONF}", "experiment=mine"], case.valid and usable_device(key, value),
                files={"experiment/mine.yaml": text})
 
 
@@ -190,8 +203,10 @@ def materialise(t: Try, work: str, i: int, subs: Dict[str, str]) -> Tuple[List[s
             a = a.replace(k, v)
         args.append(a)
     run_dir = os.path.join(work, f"run_{i}")
-    # the fixed settings first, so that the try's own value of a key (device=...) wins
-    return ["log.progress=false", "device=cpu"] + args + [f"hydra.run.dir={run_dir}"], run_dir
+    # the fixed settings first, so that the try's own value of a key (device=...) wins; a
+    # user's preset that sets the device must not be overridden from the command line
+    fixed = ["log.progress=false"] + ([] if any("\ndevice:" in text for text in t.files.values()) else ["device=cpu"])
+    return fixed + args + [f"hydra.run.dir={run_dir}"], run_dir
 
 
 def run_in_process(args: List[str]) -> Tuple[Optional[int], str, bool, bool]:
@@ -314,8 +329,10 @@ def main() -> None:
         "wrongly_refused": sum(r["wrongly_refused"] for r in rows),
         "dirs_created_by_refusals": sum(r["dir_created"] for r in rows),
         "by_class": {k: dict(v) for k, v in sorted(by_kind.items())},
-        "problems": [r for r in rows if r["traceback"] or r["wrongly_accepted"] or r["wrongly_refused"]
-                     or r["dir_created"] or (not r["accepted"] and not r["one_line_exit2"])][:40],
+        # the worst first: tracebacks, wrongly accepted, directories left, then the rest
+        "problems": sorted([r for r in rows if r["traceback"] or r["wrongly_accepted"] or r["wrongly_refused"]
+                            or r["dir_created"] or (not r["accepted"] and not r["one_line_exit2"])],
+                           key=lambda r: (not r["traceback"], not r["wrongly_accepted"], not r["dir_created"]))[:40],
         "seconds": round(time.time() - t0, 1),
     }
     shutil.rmtree(work, ignore_errors=True)

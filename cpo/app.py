@@ -326,6 +326,9 @@ def precheck(args: Sequence[str]) -> None:
     if tcfg.resume is not None and tcfg.resume != AUTO_RESUME:
         tcfg, _ = resume_config(tcfg.resume, overrides)
     validate(tcfg)
+    from cpo.runners.runner import resolve_device
+
+    resolve_device(tcfg.device)  # device=cuda on a machine without that GPU: before the run dir
 
 
 def hydra_error_line(err: BaseException, conf_dirs: Sequence[str] = ()) -> str:
@@ -594,18 +597,58 @@ def discard_unused_run_dir(run_dir: str) -> bool:
             return False
         lock.release()
         shutil.rmtree(run_dir)
+        # and the parents Hydra made for it (outputs/<algo>_<env>/) when this process made them
+        # and they are empty now; never the working directory or anything above it
+        stop = os.path.abspath(os.getcwd())
+        parent = os.path.dirname(os.path.abspath(run_dir))
+        while parent.startswith(stop + os.sep) and os.path.isdir(parent) and not os.listdir(parent) \
+                and os.stat(parent).st_ctime >= _STARTED - 1.0:
+            os.rmdir(parent)
+            parent = os.path.dirname(parent)
         return True
     except OSError:
         return False
 
 
+#: Hydra's command-line flags that take a value in the next argument (``--info`` takes one only
+#: when the next argument is one of its choices)
+_HYDRA_VALUED = ("-c", "--cfg", "-p", "--package", "-cp", "--config-path", "-cn", "--config-name",
+                 "-cd", "--config-dir", "--experimental-rerun", "-sc", "--shell-completion")
+_HYDRA_INFO = ("-i", "--info")
+_INFO_CHOICES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
+
+
+def hydra_flags_first(argv: Sequence[str]) -> List[str]:
+    """``argv`` with Hydra's flags (and their values) moved before the overrides, the order of
+    each kept: Hydra's argparse takes the overrides as one positional list, so
+    ``train.py seed=1 --config-dir D env=x`` would otherwise stop at "unrecognized arguments:
+    env=x" with a page of usage."""
+    flags: List[str] = []
+    overrides: List[str] = []
+    rest = list(argv[1:])
+    i = 0
+    while i < len(rest):
+        a = rest[i]
+        if a.startswith("-") and not a.startswith(("+", "~")):
+            flags.append(a)
+            takes = (a in _HYDRA_VALUED) or (a in _HYDRA_INFO and i + 1 < len(rest) and rest[i + 1] in _INFO_CHOICES)
+            if takes and i + 1 < len(rest):
+                flags.append(rest[i + 1])
+                i += 1
+        else:
+            overrides.append(a)
+        i += 1
+    return list(argv[:1]) + flags + overrides
+
+
 def rank_argv(argv: List[str]) -> List[str]:
-    """Command-line arguments for this process (checked first by :func:`check_argv`): under
-    torchrun, ranks > 0 add Hydra overrides so that they create no run directory of their own
-    (their clock may give another timestamp) and write no ``.hydra/`` files or logs: they work
-    in rank 0's directory."""
+    """Command-line arguments for this process (checked first by :func:`check_argv`), Hydra's
+    flags first (:func:`hydra_flags_first`): under torchrun, ranks > 0 add Hydra overrides so
+    that they create no run directory of their own (their clock may give another timestamp)
+    and write no ``.hydra/`` files or logs: they work in rank 0's directory."""
     from cpo.utils.distributed import rank_from_env
 
+    argv = hydra_flags_first(argv)
     check_argv(argv)  # unknown keys and presets get a "did you mean" before Hydra composes
     if rank_from_env() == 0:
         return argv

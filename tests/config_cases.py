@@ -296,7 +296,7 @@ def _rules() -> List[Rule]:
           ("must list at least one hyperparameter, each once", "cannot be evolved", "must lie within"), base="pbt",
           examples=(["lr"], ["lr", "lr"], [], ["momentum"], list(PBT_HYPERPARAMS))),
         R("pbt.init_spread", "float", lambda v, c: _fin(v) and v >= 1, ("must be a finite number >= 1",), base="pbt"),
-        R("pbt.score_window", "int", lambda v, c: v >= 1, GE1, base="pbt"),
+        R("pbt.score_window", "int", lambda v, c: 1 <= v <= 100000, ("must be in [1, 100000]",), base="pbt"),
         R("pbt.sync_timeout", "float", lambda v, c: math.isfinite(v) and v >= 0, NONNEG, base="pbt"),
         # ---- what PBT needs from the other sections
         R("algo.num_policies", "int", lambda v, c: v == 1,

@@ -402,6 +402,31 @@ def test_cli_reports_unknown_key_before_hydra(tmp_path):
     assert not os.path.exists(tmp_path / "x")
 
 
+def test_hydra_flags_move_before_the_overrides():
+    """Hydra's argparse stops at an override that follows a flag ("unrecognized arguments"):
+    train.py moves the flags, with their values, in front, keeping both orders."""
+    from cpo.app import hydra_flags_first
+
+    argv = ["train.py", "seed=1", "--config-dir", "/d", "experiment=mine", "-m", "algo.beta=0,1",
+            "--info", "defaults", "+x=1", "~y", "--cfg=job", "--info", "z=2"]
+    assert hydra_flags_first(argv) == ["train.py", "--config-dir", "/d", "-m", "--info", "defaults", "--cfg=job",
+                                       "--info", "seed=1", "experiment=mine", "algo.beta=0,1", "+x=1", "~y", "z=2"]
+    assert hydra_flags_first(["train.py"]) == ["train.py"]
+
+
+def test_missing_cuda_device_is_refused_before_hydra_makes_a_directory(tmp_path):
+    """`python train.py device=cuda` on a machine without CUDA (simulated: no GPU visible):
+    exit code 2, one line, and not even an empty outputs/<algo>_<env>/ in the working
+    directory (the check runs in the pre-Hydra precheck)."""
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "device=cuda"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("config error:")]
+    assert len(lines) == 1 and "device='cuda': no CUDA device is available here" in lines[0]
+    assert os.listdir(tmp_path) == []
+
+
 def test_resume_directory_errors_name_it(tmp_path):
     """resume= a missing directory, or one without a checkpoint, fails naming it."""
     with pytest.raises(ConfigError, match=r"resume='.*/missing': the directory does not exist"):

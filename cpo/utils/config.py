@@ -280,8 +280,9 @@ class PBTConfig:
     [x/s, x*s], in 1 - x for gamma/gae_lambda); member 0 starts at algo.* (>= 1; 1 = all equal)."""
     score_window: int = 5
     """A member's score is its mean episode return over the episodes that ended in its last
-    ``score_window`` iterations that ended any (>= 1); a member with none (e.g. just after it
-    copied another) is not ranked."""
+    ``score_window`` iterations that ended any (1 .. 100000: the window is a [window,
+    population] buffer of per-iteration sums); a member with none (e.g. just after it copied
+    another) is not ranked."""
     shared_dir: Optional[str] = None
     """Directory shared by the worker processes of one population (several processes or
     nodes); None = this process holds the whole population."""
@@ -821,7 +822,7 @@ def validate_pbt(cfg: TrainConfig) -> None:
            "must be relative or absolute")
     _check(math.isfinite(p.init_spread) and p.init_spread >= 1.0, "pbt.init_spread",
            p.init_spread, "must be a finite number >= 1")
-    _check(p.score_window >= 1, "pbt.score_window", p.score_window, "must be >= 1")
+    _check(1 <= p.score_window <= 100000, "pbt.score_window", p.score_window, "must be in [1, 100000]")
     _check(math.isfinite(p.sync_timeout) and p.sync_timeout >= 0, "pbt.sync_timeout",
            p.sync_timeout, "must be a finite number >= 0")
     keys = list(p.mutate)
