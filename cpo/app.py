@@ -613,7 +613,7 @@ def discard_unused_run_dir(run_dir: str) -> bool:
 #: Hydra's command-line flags that take a value in the next argument (``--info`` takes one only
 #: when the next argument is one of its choices)
 _HYDRA_VALUED = ("-c", "--cfg", "-p", "--package", "-cp", "--config-path", "-cn", "--config-name",
-                 "-cd", "--config-dir", "--experimental-rerun", "-sc", "--shell-completion")
+                 "-cd", "--config-dir", "--experimental-rerun")
 _HYDRA_INFO = ("-i", "--info")
 _INFO_CHOICES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
 
