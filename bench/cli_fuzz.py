@@ -76,14 +76,17 @@ def from_case(d: Any) -> Try:
 
 def usable_device(key: str, value: Any) -> bool:
     """False for a ``device=cuda[:i]`` this machine lacks (valid for ``validate()`` anywhere,
-    refused by train.py here), True for anything else."""
+    refused by train.py here: the Runner's own check decides), True for anything else."""
     if key != "device" or not str(value).startswith("cuda"):
         return True
-    import torch
+    from cpo.runners.runner import resolve_device
+    from cpo.utils.config import ConfigError
 
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    index = str(value).partition(":")[2]
-    return (int(index) if index.isdigit() else 0) < count
+    try:
+        resolve_device(str(value))
+    except (ConfigError, RuntimeError):  # RuntimeError: a string torch.device cannot parse
+        return False
+    return True
 
 
 def interpolation(d: Any) -> Try:
